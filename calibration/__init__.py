@@ -1,0 +1,1 @@
+"""Accuracy-parity checks and INT8 calibration."""

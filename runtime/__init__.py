@@ -1,0 +1,1 @@
+"""Deployment runtime (never imports torch): cascade planning, backends, image I/O."""

@@ -1,0 +1,123 @@
+"""``clit-infer``: upscale images by any factor.
+
+Thin for now: only the ``torch`` reference backend exists (PyTorch imported lazily, so this
+module stays torch-free).  The ONNX Runtime / TensorRT backends, tiling and the bundled
+default model are later work (see README, "Status").
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+from tqdm import tqdm
+
+from .images import ImageError, read_rgb, write_image
+
+BACKENDS = ("torch",)
+
+
+def parse_scale(text: str) -> float | tuple[float, float]:
+    """'3.5' -> 3.5; '2x3' (SHxSW) -> (2.0, 3.0).  Rejects non-positive and non-finite."""
+    parts = text.lower().split("x")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a number or SHxSW") from None
+    if len(values) not in (1, 2) or not all(math.isfinite(v) and v > 0 for v in values):
+        raise click.BadParameter(f"{text!r}: a scale must be a finite number > 0, or SHxSW")
+    return values[0] if len(values) == 1 else (values[0], values[1])
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'1920x1080' (WxH) -> (H, W) = (1080, 1920)."""
+    try:
+        w, h = (int(p) for p in text.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not WxH, e.g. 1920x1080") from None
+    if w < 1 or h < 1:
+        raise click.BadParameter(f"{text!r}: width and height must be >= 1")
+    return h, w
+
+
+def output_paths(inputs: list[Path], out: Path) -> list[Path]:
+    """One input -> OUT is the file (or a folder that exists); many -> OUT is a folder."""
+    if len(inputs) == 1 and not out.is_dir():
+        return [out]
+    return [out / f"{p.stem}.png" for p in inputs]
+
+
+class TorchUpscaler:
+    """The PyTorch reference model behind the runtime's array interface."""
+
+    def __init__(self, checkpoint: Path, device: str, chunk: int):
+        try:
+            import torch  # noqa: F401  (lazy: the runtime is torch-free)
+        except ImportError:
+            raise click.UsageError("the torch backend needs PyTorch: pip install 'clit[train]'") from None
+        from clit.train import CheckpointError, load_model
+
+        try:
+            self.model = load_model(checkpoint, device=device)
+        except CheckpointError as exc:
+            raise click.UsageError(str(exc)) from None
+        self.device, self.chunk = device, chunk
+
+    def upscale(self, img: np.ndarray, scale=None, size=None) -> np.ndarray:
+        import torch
+
+        lr = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None].to(self.device)
+        out = self.model.upscale(lr, scale=scale, size=size, chunk=self.chunk)
+        return out[0].permute(1, 2, 0).cpu().numpy()
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+              help="Output file (one input) or folder (several inputs).")
+@click.option("--scale", help="Scale factor, e.g. 3.7, or anisotropic SHxSW, e.g. 2x3.")
+@click.option("--size", help="Exact output size WxH, e.g. 1920x1080 (instead of --scale).")
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
+              help="CLIT checkpoint (.pth, official or ours).")
+@click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True,
+              help="Inference backend (only the PyTorch reference exists so far).")
+@click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
+@click.option("--chunk", type=click.IntRange(min=1), default=30000, show_default=True,
+              help="Queries evaluated at once; bounds memory, does not change the result.")
+@click.option("--bit-depth", type=click.Choice(["8", "16"]), default="8", show_default=True,
+              help="Output bits per channel (16 writes a 48-bit PNG).")
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+def main(inputs, out, scale, size, checkpoint, backend, device, chunk, bit_depth, overwrite):
+    """Upscale INPUT images by any factor with a CLIT model.
+
+    \b
+    Examples:
+      clit-infer photo.png --checkpoint model.pth --scale 3.7 -o photo_x3.7.png
+      clit-infer a.png b.jpg --checkpoint model.pth --size 1920x1080 -o out/
+    """
+    if (scale is None) == (size is None):
+        raise click.UsageError("give exactly one of --scale or --size")
+    scale_v = parse_scale(scale) if scale is not None else None
+    size_v = parse_size(size) if size is not None else None
+    upscaler = TorchUpscaler(checkpoint, device, chunk)
+    targets = output_paths(list(inputs), out)
+    failed = 0
+    for src, dst in tqdm(list(zip(inputs, targets)), desc="images", unit="img", disable=len(inputs) < 2):
+        try:
+            if dst.exists() and not overwrite:
+                raise ImageError(f"output {dst} exists (use --overwrite)")
+            img = read_rgb(src)
+            result = upscaler.upscale(img, scale=scale_v, size=size_v)
+            write_image(dst, result, bit_depth=int(bit_depth))
+        except (ImageError, ValueError) as exc:
+            failed += 1
+            text = str(exc) if str(exc).startswith(str(src)) else f"{src}: {exc}"
+            tqdm.write(f"error: {text}", file=sys.stderr)
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,178 @@
+"""Coordinates and the cascade stage plan: the one torch-free definition.
+
+``clit.train``, ``clit.export`` and ``clit.runtime`` all import this module, so the
+conventions below hold everywhere:
+
+* Coordinates are (row, column) pairs in [-1, 1] at pixel centres: pixel ``i`` of an axis
+  of length ``n`` sits at ``-1 + (2i + 1) / n``.  :func:`pixel_centres` reproduces the
+  official ``make_coord`` bit for bit in float32.
+* The cascade splits a scale into stages with base 4: ``s <= 4 -> [s]``, otherwise 4's
+  followed by the remainder (x6 -> [4, 1.5], x18 -> [4, 4, 1.125]).  One decoder branch per
+  stage; branch 1 reads the encoder features (the LR grid), branch ``k >= 2`` reads them
+  resampled to the output grid of stage ``k - 1``.
+* Anisotropic scales ``(sh, sw)`` (and exact output sizes) plan each axis on its own with
+  the same rule; the axis that needs fewer stages is padded with trailing stages of 1.0, so
+  both axes have the same number of branches.  For ``sh == sw`` this is the official plan.
+* Branch outputs are accumulated as ``acc_k = r_k + 0.75 * acc_(k-1)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+STAGE_BASE = 4.0
+CASCADE_DISCOUNT = 0.75
+
+Size = tuple[int, int]
+
+
+def pixel_centres(n: int) -> np.ndarray:
+    """Pixel-centre coordinates of an axis of length ``n`` (float32, official make_coord)."""
+    if n < 1:
+        raise ValueError(f"axis length must be >= 1, got {n}")
+    r = 1.0 / n  # (v1 - v0) / (2 n) with v0, v1 = -1, 1
+    # Same float32 operations, in the same order, as the official torch code.
+    return np.float32(-1.0 + r) + np.float32(2.0 * r) * np.arange(n, dtype=np.float32)
+
+
+def coord_grid(h: int, w: int) -> np.ndarray:
+    """Pixel-centre coordinate grid of an h x w image: (h, w, 2) float32, (row, col) last."""
+    rows, cols = pixel_centres(h), pixel_centres(w)
+    grid = np.empty((h, w, 2), dtype=np.float32)
+    grid[..., 0] = rows[:, None]
+    grid[..., 1] = cols[None, :]
+    return grid
+
+
+def unnormalize(coord: np.ndarray, n: int) -> np.ndarray:
+    """Map [-1, 1] coordinates to pixel units of an axis of length ``n`` (pixel i at i).
+
+    float32, evaluated as ``(c + 1) * (n / 2) - 0.5``: the exact operations of PyTorch's CPU
+    grid_sample (align_corners=False).  The order matters where a coordinate falls exactly
+    between two pixels (scales like x1.5 or x2.5), see :func:`nearest_index`.
+    """
+    c = np.asarray(coord, dtype=np.float32)
+    return (c + np.float32(1.0)) * np.float32(n / 2.0) - np.float32(0.5)
+
+
+def nearest_index(coord: np.ndarray, n: int) -> np.ndarray:
+    """Index of the pixel nearest to each coordinate (grid_sample 'nearest' semantics).
+
+    Ties (exactly half-way) round to even, as grid_sample does; the result may lie outside
+    [0, n) for coordinates outside the image.  int64.
+    """
+    return np.rint(unnormalize(coord, n)).astype(np.int64)
+
+
+def stage_plan(scale: float, base: float = STAGE_BASE) -> list[float]:
+    """Per-stage scales for one axis (official ``sample_system_scale``).
+
+    >>> stage_plan(3.7), stage_plan(6), stage_plan(18)
+    ([3.7], [4, 1.5], [4, 4, 1.125])
+    """
+    _check_scale(scale)
+    if scale <= base:
+        return [scale]
+    stages: list[float] = [base]
+    s = scale / base
+    while s > 1:
+        stages.append(base if s >= base else s)
+        s = s / base
+    return stages
+
+
+def _check_scale(scale: float) -> None:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating, np.integer)):
+        raise TypeError(f"scale must be a number, got {scale!r}")
+    if not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+
+
+@dataclass(frozen=True)
+class CascadePlan:
+    """Everything the model needs to know about one upscale, besides the pixels.
+
+    ``stages[k] = (sh, sw)`` is the scale of stage ``k``; ``grids[k]`` is the size of the
+    feature map that branch ``k`` reads (``grids[0]`` is the LR size); ``out_size`` is the
+    final output size, queried by every branch with ``cell``.
+    """
+
+    lr_size: Size
+    out_size: Size
+    stages: tuple[tuple[float, float], ...]
+    grids: tuple[Size, ...]
+
+    @property
+    def n_branches(self) -> int:
+        return len(self.stages)
+
+    @property
+    def cell(self) -> np.ndarray:
+        """(2 / H, 2 / W) of the final grid, float32 (the decoder's cell input before scaling)."""
+        h, w = self.out_size
+        return np.array([2.0 / h, 2.0 / w], dtype=np.float32)
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        return (math.prod(s[0] for s in self.stages), math.prod(s[1] for s in self.stages))
+
+
+def plan_cascade(
+    lr_size: Sequence[int],
+    scale: float | Sequence[float] | None = None,
+    size: Sequence[int] | None = None,
+    max_branches: int | None = None,
+    base: float = STAGE_BASE,
+) -> CascadePlan:
+    """Plan an upscale of an LR image of ``lr_size = (h, w)``.
+
+    Give exactly one of ``scale`` (a number, or ``(sh, sw)``) or ``size = (H, W)``.  The
+    output size is ``round(h * sh) x round(w * sw)`` (Python rounding) or ``size``.  With
+    ``max_branches``, a scale that needs more stages than that is a ``ValueError``.
+    """
+    h, w = (int(v) for v in lr_size)
+    if h < 1 or w < 1:
+        raise ValueError(f"input size must be at least 1x1, got {h}x{w}")
+    if (scale is None) == (size is None):
+        raise ValueError("give exactly one of scale or size")
+    if size is not None:
+        out_h, out_w = (int(v) for v in size)
+        if out_h < 1 or out_w < 1:
+            raise ValueError(f"output size must be at least 1x1, got {out_h}x{out_w}")
+        sh, sw = out_h / h, out_w / w
+    else:
+        if isinstance(scale, (tuple, list)):
+            if len(scale) != 2:
+                raise ValueError(f"an anisotropic scale is (sh, sw), got {scale!r}")
+            sh, sw = scale
+        else:
+            sh = sw = scale
+        _check_scale(sh)
+        _check_scale(sw)
+        out_h, out_w = round(h * sh), round(w * sw)
+        if out_h < 1 or out_w < 1:
+            raise ValueError(f"scale {scale!r} turns {h}x{w} into an empty image")
+
+    plan_h, plan_w = stage_plan(sh, base), stage_plan(sw, base)
+    n = max(len(plan_h), len(plan_w))
+    plan_h += [1.0] * (n - len(plan_h))
+    plan_w += [1.0] * (n - len(plan_w))
+    if max_branches is not None and n > max_branches:
+        largest = base**max_branches
+        raise ValueError(
+            f"scale {max(sh, sw):g} needs {n} cascade stages but the model has {max_branches} "
+            f"branch{'es' if max_branches > 1 else ''} (largest scale x{largest:g})"
+        )
+    grids = [(h, w)]
+    for k in range(1, n):
+        grids.append((round(h * math.prod(plan_h[:k])), round(w * math.prod(plan_w[:k]))))
+    return CascadePlan(
+        lr_size=(h, w),
+        out_size=(out_h, out_w),
+        stages=tuple(zip(plan_h, plan_w)),
+        grids=tuple(grids),
+    )

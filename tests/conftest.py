@@ -1,0 +1,77 @@
+"""Shared fixtures: paths to ../shared (skipped with a reason when absent), seeded RNGs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+GOLDEN = SHARED / "golden"
+DATA = SHARED / "data"
+
+
+def golden_index() -> dict:
+    path = GOLDEN / "index.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def golden_cases() -> list[tuple[str, float]]:
+    """(model name, scale) for every golden output (empty when ../shared is absent)."""
+    return [(name, s) for name, info in golden_index().items() for s in info["scales"]]
+
+
+def scale_key(scale: float) -> str:
+    """The npz key suffix of a scale: 3.7 -> '3p7', 6 -> '6'."""
+    return str(scale).replace(".", "p")
+
+
+@pytest.fixture
+def golden_dir() -> Path:
+    if not (GOLDEN / "index.json").is_file():
+        pytest.skip(f"golden reference outputs not found at {GOLDEN}")
+    return GOLDEN
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    if not (DATA / "MANIFEST.json").is_file():
+        pytest.skip(f"real images not found at {DATA}")
+    return DATA
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(12345)
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def _tensorrt_available() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return False
+    return _cuda_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip `gpu` tests without a CUDA GPU and `trt` tests without TensorRT + GPU."""
+    need = {"gpu": _cuda_available, "trt": _tensorrt_available}
+    cache: dict[str, bool] = {}
+    for item in items:
+        for marker, probe in need.items():
+            if marker in item.keywords:
+                if marker not in cache:
+                    cache[marker] = probe()
+                if not cache[marker]:
+                    item.add_marker(pytest.mark.skip(reason=f"needs {'TensorRT and ' if marker == 'trt' else ''}a CUDA GPU"))
