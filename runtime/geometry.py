@@ -14,6 +14,7 @@ conventions below hold everywhere:
   the same rule; the axis that needs fewer stages is padded with trailing stages of 1.0, so
   both axes have the same number of branches.  For ``sh == sw`` this is the official plan.
 * Branch outputs are accumulated as ``acc_k = r_k + 0.75 * acc_(k-1)``.
+* Images are normalised ``(x - 0.5) / 0.5`` on the way in, ``y * 0.5 + 0.5`` on the way out.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 
 STAGE_BASE = 4.0
 CASCADE_DISCOUNT = 0.75
+NORM_MEAN, NORM_STD = 0.5, 0.5  # model input (x - 0.5) / 0.5, output y * 0.5 + 0.5
 
 Size = tuple[int, int]
 

@@ -26,11 +26,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clit.runtime.geometry import CASCADE_DISCOUNT, CascadePlan, coord_grid, pixel_centres, plan_cascade
+from clit.runtime.geometry import (
+    CASCADE_DISCOUNT,
+    NORM_MEAN,
+    NORM_STD,
+    CascadePlan,
+    coord_grid,
+    pixel_centres,
+    plan_cascade,
+)
 
 from .encoders import make_encoder
 
-NORM_MEAN, NORM_STD = 0.5, 0.5  # input (x - 0.5) / 0.5, output y * 0.5 + 0.5
 DEFAULT_CHUNK = 30000
 
 

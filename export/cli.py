@@ -1,0 +1,170 @@
+"""``clit-export``: turn a checkpoint into a self-describing ONNX model directory."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+import numpy as np
+
+from clit.runtime.geometry import CASCADE_DISCOUNT, NORM_MEAN, NORM_STD, STAGE_BASE
+from clit.runtime.manifest import FORMAT_VERSION, MANIFEST, load_manifest
+from clit.runtime.onnx_backend import OnnxRuntimeRunner
+from clit.runtime.pipeline import DEFAULT_CHUNK, Pipeline
+
+from .onnx_export import OPSET_DEFAULT, OPSETS_ALLOWED, export_graphs, sha256_file
+
+PARITY_SCALES = (2.0, 3.7, 6.0, 12.0)
+PARITY_TOL_FP32 = 1e-4
+PARITY_LR = 40  # side of the LR crop used for the built-in parity check
+REPO_SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def max_safe_queries(base_dim: int, radius: int) -> int:
+    """Largest N keeping every decoder tensor below 2^31 elements (the widest is the MLP
+    input, N x (49 C + 2); the gathered keys/values are N x 49 x C)."""
+    area = (2 * radius + 1) ** 2
+    return (2**31 - 1) // (area * base_dim + 2)
+
+
+def default_parity_image() -> Path | None:
+    for root in (Path.cwd().parent / "shared" / "data", REPO_SHARED):
+        candidate = root / "Set5" / "HR" / "baby.png"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def parity_input(image: Path | None) -> tuple[np.ndarray, str]:
+    """A PARITY_LR-square crop (centre) of a real image, float32 (h, w, 3) in [0, 1]."""
+    from clit.runtime.images import read_rgb
+
+    path = image or default_parity_image()
+    if path is None:
+        raise click.UsageError("no parity image: pass --image (../shared/data was not found)")
+    img = read_rgb(path)
+    h, w = img.shape[:2]
+    side = min(PARITY_LR, h, w)
+    y, x = (h - side) // 2, (w - side) // 2
+    return np.ascontiguousarray(img[y:y + side, x:x + side]), str(path)
+
+
+def run_parity(model, manifest, img: np.ndarray) -> list[dict]:
+    """FP32 ONNX Runtime pipeline vs the PyTorch model at PARITY_SCALES."""
+    import torch
+
+    pipe = Pipeline(manifest, OnnxRuntimeRunner(manifest))
+    lr = torch.from_numpy(img.transpose(2, 0, 1).copy())[None]
+    results = []
+    for s in PARITY_SCALES:
+        entry = {"scale": s, "precision": "fp32", "backend": "onnxruntime-cpu"}
+        try:
+            plan = pipe.plan(img.shape[:2], scale=s)
+        except ValueError as exc:
+            results.append({**entry, "status": "skipped", "reason": str(exc)})
+            continue
+        ours = pipe.upscale(img, scale=s)
+        ref = model.upscale(lr, scale=s)[0].permute(1, 2, 0).numpy()
+        diff = float(np.abs(ours - ref).max())
+        results.append({**entry, "stages": [list(st) for st in plan.stages], "max_abs_diff": diff,
+                        "tolerance": PARITY_TOL_FP32, "status": "pass" if diff <= PARITY_TOL_FP32 else "fail"})
+    results.append({"precision": "fp16", "status": "not run",
+                    "reason": "FP16 graph variants are not produced yet"})
+    return results
+
+
+def build_manifest(ckpt_path: Path, args: dict, model, graphs: list[dict], opset: int, max_queries: int) -> dict:
+    safe = max_safe_queries(model.dim, model.r)
+    return {
+        "format_version": FORMAT_VERSION,
+        "source": {"checkpoint": ckpt_path.name, "sha256": sha256_file(ckpt_path)},
+        "model_args": args,
+        "n_branches": model.n_branches,
+        "radius": model.r,
+        "base_dim": model.dim,
+        "heads": model.head,
+        "window_size": model.window_size,
+        "stage_base": STAGE_BASE,
+        "cascade_discount": CASCADE_DISCOUNT,
+        "normalisation": {"input": f"(x - {NORM_MEAN}) / {NORM_STD}", "output": f"y * {NORM_STD} + {NORM_MEAN}"},
+        "accumulation": "runtime",  # discount, bilinear skip, de-normalisation and clamping: clit.runtime.pipeline
+        "opset": opset,
+        "precisions": ["fp32"],
+        "max_safe_queries": safe,
+        "profiles": {
+            "H": {"min": 1, "opt": 256, "max": 1024},
+            "W": {"min": 1, "opt": 256, "max": 1024},
+            "N": {"min": 1, "opt": min(DEFAULT_CHUNK, safe), "max": min(max_queries, safe)},
+        },
+        "graphs": graphs,
+    }
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Model directory to create.")
+@click.option("--opset", type=int, default=OPSET_DEFAULT, show_default=True,
+              help=f"ONNX opset ({', '.join(map(str, OPSETS_ALLOWED))}; never 20).")
+@click.option("--max-queries", type=click.IntRange(min=1), default=DEFAULT_CHUNK * 4, show_default=True,
+              help="Largest query chunk N the profiles allow (capped at the largest safe N).")
+@click.option("--image", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Image for the built-in parity check (default: Set5 baby from ../shared/data).")
+@click.option("--no-parity", is_flag=True, help="Skip the built-in ONNX Runtime vs PyTorch check.")
+@click.option("--force", is_flag=True, help="Replace an existing output directory.")
+def main(checkpoint, out, opset, max_queries, image, no_parity, force):
+    """Export CHECKPOINT (official or ours) to ONNX graphs plus manifest.json in OUTPUT.
+
+    The directory is written atomically (a temporary sibling, renamed at the end). After
+    writing, the graphs run through the runtime's numpy pipeline on ONNX Runtime and are
+    compared with the PyTorch model at x2, x3.7, x6 and x12 (max abs diff <= 1e-4); the
+    results go into the manifest and a failure gives exit code 1.
+    """
+    from clit.train.checkpoint import CheckpointError, build_model, load_state, read_checkpoint
+
+    if opset not in OPSETS_ALLOWED:
+        raise click.BadParameter(f"{opset} is not supported (allowed {', '.join(map(str, OPSETS_ALLOWED))}; "
+                                 "20 is refused: TensorRT mis-parses opset-20 GridSample)", param_hint="--opset")
+    if out.exists() and not force:
+        raise click.UsageError(f"{out} exists (use --force to replace it)")
+    try:
+        ckpt = read_checkpoint(checkpoint)
+        args = ckpt["model"]["args"]
+        model = build_model(args, where=str(checkpoint))
+        load_state(model, ckpt["model"]["sd"], where=str(checkpoint))
+    except CheckpointError as exc:
+        raise click.UsageError(str(exc)) from None
+    model.eval()
+    img, img_name = (None, None) if no_parity else parity_input(image)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp.chmod(0o755)
+    try:
+        graphs = export_graphs(model, tmp, opset=opset)
+        manifest = build_manifest(Path(checkpoint), args, model, graphs, opset, max_queries)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        parity = []
+        if img is not None:
+            parity = run_parity(model, load_manifest(tmp), img)
+            manifest["parity"] = {"image": img_name, "lr_size": list(img.shape[:2]), "results": parity}
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    failed = [p for p in parity if p["status"] == "fail"]
+    for p in parity:
+        detail = f"max abs diff {p['max_abs_diff']:.2e}" if "max_abs_diff" in p else p.get("reason", "")
+        click.echo(f"parity {p['precision']} x{p.get('scale', '-')}: {p['status']} {detail}".rstrip())
+    click.echo(f"wrote {out} ({len(graphs)} graphs)")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

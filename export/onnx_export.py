@@ -1,0 +1,126 @@
+"""Write a CLIT model as ONNX graphs (encoder, per-branch maps, per-branch decoders).
+
+Uses the TorchScript-based ``torch.onnx.export`` (``dynamo=False``): it gives plain,
+TensorRT-parsable graphs at opsets 16-19 with named dynamic axes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clit.runtime.geometry import pixel_centres
+from clit.train.model import CLIT
+
+from .graphs import BranchGraph, DecoderGraph, EncoderGraph
+
+OPSET_DEFAULT = 17
+OPSETS_ALLOWED = (16, 17, 18, 19)
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One exported graph: its file and its inputs/outputs as (name, dtype, shape) with
+    dynamic dimensions named by strings."""
+
+    kind: str
+    branch: int
+    file: str
+    inputs: tuple
+    outputs: tuple
+
+    def as_dict(self, sha256: str) -> dict:
+        def io(items):
+            return [{"name": n, "dtype": d, "shape": list(s)} for n, d, s in items]
+
+        return {"kind": self.kind, "branch": self.branch, "file": self.file, "sha256": sha256,
+                "inputs": io(self.inputs), "outputs": io(self.outputs)}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _export(module, args, path: Path, spec: GraphSpec, opset: int) -> None:
+    dynamic = {}
+    for name, _, shape in spec.inputs + spec.outputs:
+        axes = {i: d for i, d in enumerate(shape) if isinstance(d, str)}
+        if axes:
+            dynamic[name] = axes
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, args, str(path), dynamo=False, opset_version=opset, do_constant_folding=True,
+            input_names=[n for n, _, _ in spec.inputs], output_names=[n for n, _, _ in spec.outputs],
+            dynamic_axes=dynamic,
+        )
+
+
+def graph_specs(model: CLIT) -> list[GraphSpec]:
+    """The graphs of a model and their interfaces (what the manifest records)."""
+    c, side = model.dim, 2 * model.r + 1
+    maps = lambda h, w: [(n, "float32", (1, c, h, w)) for n in ("q", "k", "v")]  # noqa: E731
+    specs = [GraphSpec("encoder", 0, "encoder.onnx", (("image", "float32", (1, 3, "H", "W")),),
+                       (("feat", "float32", (1, c, "H", "W")), *maps("H", "W")))]
+    for k in range(1, model.n_branches):
+        specs.append(GraphSpec(
+            "branch", k, f"branch{k + 1}.onnx",
+            (("feat", "float32", (1, c, "H", "W")), ("size", "float32", (2,)),
+             ("rows", "float32", ("Hw",)), ("cols", "float32", ("Ww",))),
+            tuple(maps("Hw", "Ww")),
+        ))
+    for k in range(model.n_branches):
+        specs.append(GraphSpec(
+            "decoder", k, f"decoder{k + 1}.onnx",
+            (*[(n, "float32", (1, c, "hq", "wq")) for n in ("q", "k", "v")],
+             ("offset", "int64", (2,)), ("size", "float32", (2,)),
+             ("rows", "float32", ("h",)), ("cols", "float32", ("w",)),
+             ("drow", "float32", (side,)), ("dcol", "float32", (side,)),
+             ("coord", "float32", ("N", 2)), ("cell", "float32", (2,))),
+            (("residual", "float32", ("N", 3)),),
+        ))
+    return specs
+
+
+def _example_inputs(model: CLIT, spec: GraphSpec) -> tuple:
+    """Trace inputs of odd, distinct sizes so that no dimension is mistaken for another."""
+    g = torch.Generator().manual_seed(0)
+    c, r = model.dim, model.r
+    if spec.kind == "encoder":
+        return (torch.rand(1, 3, 13, 17, generator=g),)
+    if spec.kind == "branch":
+        return (torch.rand(1, c, 11, 15, generator=g), torch.tensor([11.0, 15.0]),
+                torch.from_numpy(pixel_centres(23)), torch.from_numpy(pixel_centres(29)))
+    h, w = 19, 21
+    steps = np.arange(-r, r + 1, dtype=np.float32)
+    coord = torch.rand(37, 2, generator=g) * 2 - 1
+    return (*[torch.rand(1, c, h, w, generator=g) for _ in range(3)], torch.tensor([0, 0]),
+            torch.tensor([float(h), float(w)]), torch.from_numpy(pixel_centres(h)), torch.from_numpy(pixel_centres(w)),
+            torch.from_numpy(steps * np.float32(2 / h)), torch.from_numpy(steps * np.float32(2 / w)),
+            coord, torch.tensor([2 / 61, 2 / 67]))
+
+
+def export_graphs(model: CLIT, out_dir: Path, opset: int = OPSET_DEFAULT) -> list[dict]:
+    """Export every graph of ``model`` into ``out_dir``; returns their manifest entries."""
+    if opset not in OPSETS_ALLOWED:
+        raise ValueError(f"opset {opset} is not supported (allowed: {', '.join(map(str, OPSETS_ALLOWED))}; "
+                         "never 20: TensorRT mis-parses its GridSample)")
+    model = model.eval().float()
+    entries = []
+    for spec in graph_specs(model):
+        module = {"encoder": lambda: EncoderGraph(model), "branch": lambda: BranchGraph(model, spec.branch),
+                  "decoder": lambda: DecoderGraph(model, spec.branch)}[spec.kind]()
+        path = out_dir / spec.file
+        with torch.no_grad():
+            _export(module.eval(), _example_inputs(model, spec), path, spec, opset)
+        entries.append(spec.as_dict(sha256_file(path)))
+    return entries

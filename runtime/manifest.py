@@ -1,0 +1,75 @@
+"""``manifest.json`` of an exported model directory: what the runtime needs to run it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class ModelDirError(ValueError):
+    """A model directory that cannot be used; one-line message naming the reason."""
+
+
+@dataclass(frozen=True)
+class GraphEntry:
+    kind: str
+    branch: int
+    file: str
+    sha256: str
+    inputs: list
+    outputs: list
+
+
+@dataclass(frozen=True)
+class Manifest:
+    root: Path
+    data: dict
+
+    @property
+    def n_branches(self) -> int:
+        return int(self.data["n_branches"])
+
+    @property
+    def radius(self) -> int:
+        return int(self.data["radius"])
+
+    @property
+    def window_size(self) -> int:
+        return int(self.data.get("window_size", 1))
+
+    @property
+    def graphs(self) -> list[GraphEntry]:
+        return [GraphEntry(**{k: g[k] for k in GraphEntry.__dataclass_fields__}) for g in self.data["graphs"]]
+
+    def graph(self, kind: str, branch: int = 0) -> GraphEntry:
+        for g in self.graphs:
+            if g.kind == kind and g.branch == branch:
+                return g
+        raise ModelDirError(f"{self.root}: manifest has no {kind} graph for branch {branch + 1}")
+
+    def path(self, entry: GraphEntry) -> Path:
+        return self.root / entry.file
+
+
+def load_manifest(model_dir: str | Path) -> Manifest:
+    """Read and check ``MODEL_DIR/manifest.json`` (format version, listed files present)."""
+    root = Path(model_dir)
+    path = root / MANIFEST
+    if not path.is_file():
+        raise ModelDirError(f"{root}: not a model directory (no {MANIFEST})")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelDirError(f"{path}: unreadable manifest ({exc})") from None
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if version != FORMAT_VERSION:
+        raise ModelDirError(f"{path}: format version {version!r}, this clit reads version {FORMAT_VERSION}")
+    manifest = Manifest(root, data)
+    for entry in manifest.graphs:
+        if not manifest.path(entry).is_file():
+            raise ModelDirError(f"{root}: graph file {entry.file} listed in the manifest is missing")
+    return manifest
