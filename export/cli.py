@@ -16,11 +16,12 @@ from clit.runtime.manifest import FORMAT_VERSION, MANIFEST, load_manifest
 from clit.runtime.onnx_backend import OnnxRuntimeRunner
 from clit.runtime.pipeline import DEFAULT_CHUNK, Pipeline
 
+from .audit import TARGETS, audit_file
 from .onnx_export import OPSET_DEFAULT, OPSETS_ALLOWED, export_graphs, sha256_file
 
 PARITY_SCALES = (2.0, 3.7, 6.0, 12.0)
 PARITY_TOL_FP32 = 1e-4
-PARITY_LR = 40  # side of the LR crop used for the built-in parity check
+PARITY_LR = 32  # side of the LR crop used for the built-in parity check
 REPO_SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
@@ -113,11 +114,16 @@ def build_manifest(ckpt_path: Path, args: dict, model, graphs: list[dict], opset
               help="Largest query chunk N the profiles allow (capped at the largest safe N).")
 @click.option("--image", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Image for the built-in parity check (default: Set5 baby from ../shared/data).")
+@click.option("--target-trt", type=click.Choice(TARGETS), default="8.5", show_default=True,
+              help="TensorRT version the op audit enforces with --check (8.5 = JetPack 5).")
+@click.option("--check", is_flag=True, help="Fail (exit 1, nothing written) if the audit finds unsupported ops.")
 @click.option("--no-parity", is_flag=True, help="Skip the built-in ONNX Runtime vs PyTorch check.")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
-def main(checkpoint, out, opset, max_queries, image, no_parity, force):
+def main(checkpoint, out, opset, max_queries, image, target_trt, check, no_parity, force):
     """Export CHECKPOINT (official or ours) to ONNX graphs plus manifest.json in OUTPUT.
 
+    Every graph is audited against TensorRT's ONNX op support (8.5, 8.6, 10, 11); the
+    findings go into the manifest, and with --check any finding for --target-trt fails.
     The directory is written atomically (a temporary sibling, renamed at the end). After
     writing, the graphs run through the runtime's numpy pipeline on ONNX Runtime and are
     compared with the PyTorch model at x2, x3.7, x6 and x12 (max abs diff <= 1e-4); the
@@ -146,6 +152,13 @@ def main(checkpoint, out, opset, max_queries, image, no_parity, force):
     try:
         graphs = export_graphs(model, tmp, opset=opset)
         manifest = build_manifest(Path(checkpoint), args, model, graphs, opset, max_queries)
+        audits = {t: [str(f) for g in graphs for f in audit_file(tmp / g["file"], t)] for t in TARGETS}
+        manifest["tensorrt_audit"] = {"target": target_trt, "findings": audits}
+        for finding in audits[target_trt]:
+            click.echo(f"unsupported on TensorRT {target_trt}: {finding}", err=True)
+        if check and audits[target_trt]:
+            raise click.ClickException(f"{len(audits[target_trt])} finding(s) for TensorRT {target_trt}; "
+                                       f"nothing written to {out}")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         parity = []
         if img is not None:

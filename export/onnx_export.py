@@ -82,7 +82,7 @@ def graph_specs(model: CLIT) -> list[GraphSpec]:
         specs.append(GraphSpec(
             "decoder", k, f"decoder{k + 1}.onnx",
             (*[(n, "float32", (1, c, "hq", "wq")) for n in ("q", "k", "v")],
-             ("offset", "int64", (2,)), ("size", "float32", (2,)),
+             ("offset", "int32", (2,)), ("size", "float32", (2,)),
              ("rows", "float32", ("h",)), ("cols", "float32", ("w",)),
              ("drow", "float32", (side,)), ("dcol", "float32", (side,)),
              ("coord", "float32", ("N", 2)), ("cell", "float32", (2,))),
@@ -103,7 +103,7 @@ def _example_inputs(model: CLIT, spec: GraphSpec) -> tuple:
     h, w = 19, 21
     steps = np.arange(-r, r + 1, dtype=np.float32)
     coord = torch.rand(37, 2, generator=g) * 2 - 1
-    return (*[torch.rand(1, c, h, w, generator=g) for _ in range(3)], torch.tensor([0, 0]),
+    return (*[torch.rand(1, c, h, w, generator=g) for _ in range(3)], torch.tensor([0, 0], dtype=torch.int32),
             torch.tensor([float(h), float(w)]), torch.from_numpy(pixel_centres(h)), torch.from_numpy(pixel_centres(w)),
             torch.from_numpy(steps * np.float32(2 / h)), torch.from_numpy(steps * np.float32(2 / w)),
             coord, torch.tensor([2 / 61, 2 / 67]))

@@ -78,7 +78,7 @@ class Pipeline:
         whose top-left pixel is ``offset`` of the full ``grid``."""
         gh, gw = grid
         r = self.manifest.radius
-        feeds = {"q": maps[0], "k": maps[1], "v": maps[2], "offset": np.asarray(offset, dtype=np.int64),
+        feeds = {"q": maps[0], "k": maps[1], "v": maps[2], "offset": np.asarray(offset, dtype=np.int32),
                  "size": np.array([gh, gw], dtype=np.float32), "rows": pixel_centres(gh),
                  "cols": pixel_centres(gw), "drow": neighbour_offsets(gh, r), "dcol": neighbour_offsets(gw, r),
                  "coord": coord, "cell": cell}

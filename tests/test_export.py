@@ -1,0 +1,200 @@
+"""clit-export: ONNX graphs reproduce the official outputs through the numpy runtime."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import golden_cases, golden_index, scale_key
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+from clit.export.audit import audit_model  # noqa: E402
+from clit.export.cli import max_safe_queries  # noqa: E402
+from clit.export.onnx_export import export_graphs, graph_specs  # noqa: E402
+from clit.runtime.geometry import coord_grid, plan_cascade  # noqa: E402
+from clit.runtime.manifest import FORMAT_VERSION, Manifest, ModelDirError, load_manifest  # noqa: E402
+from clit.runtime.onnx_backend import OnnxRuntimeRunner  # noqa: E402
+from clit.runtime.pipeline import Pipeline  # noqa: E402
+from clit.train import load_model  # noqa: E402
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """name -> (torch model, Pipeline over its exported graphs), exported once per module."""
+    cache = {}
+
+    def get(golden_dir, name):
+        if name not in cache:
+            model = load_model(golden_dir / f"{name}.pth")
+            out = tmp_path_factory.mktemp(name)
+            graphs = export_graphs(model, out)
+            manifest = Manifest(out, {"format_version": FORMAT_VERSION, "n_branches": model.n_branches,
+                                      "radius": model.r, "window_size": model.window_size, "graphs": graphs})
+            cache[name] = (model, Pipeline(manifest, OnnxRuntimeRunner(manifest)))
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name, scale", golden_cases())
+def test_onnx_reproduces_golden(golden_dir, exported, name, scale):
+    _, pipe = exported(golden_dir, name)
+    ref = np.load(golden_dir / f"{name}.npz")
+    img = ref["lr"][0].transpose(1, 2, 0)
+    out = pipe.upscale(img, scale=scale, chunk=4099)
+    expected = ref[f"s{scale_key(scale)}"]
+    assert out.shape == expected.shape and np.isfinite(out).all()
+    assert np.abs(out - expected).max() <= TOL
+
+
+def test_dynamic_shapes_and_odd_sizes(golden_dir, exported, rng):
+    model, pipe = exported(golden_dir, "edsr_clit2_small")  # traced at 13x17
+    for h, w in [(5, 7), (31, 9), (64, 48)]:
+        img = rng.random((h, w, 3), dtype=np.float32)
+        feat, q, k, v = pipe.encode(img.transpose(2, 0, 1)[None].copy())
+        with torch.no_grad():
+            ref = model.encode(torch.from_numpy(img.transpose(2, 0, 1).copy())[None]).numpy()
+        assert feat.shape == ref.shape and np.abs(feat - ref).max() <= 1e-5
+        out = pipe.upscale(img, scale=(5.5, 2.25))
+        with torch.no_grad():
+            ref_out = model.upscale(torch.from_numpy(img.transpose(2, 0, 1).copy())[None], scale=(5.5, 2.25))
+        assert out.shape == (round(h * 5.5), round(w * 2.25), 3)
+        assert np.abs(out - ref_out[0].permute(1, 2, 0).numpy()).max() <= TOL
+
+
+@pytest.mark.parametrize("n", [1, 2, 6001])
+def test_decoder_query_counts(golden_dir, exported, rng, n):
+    model, pipe = exported(golden_dir, "edsr_clit2_small")
+    img = rng.random((11, 13, 3), dtype=np.float32)
+    plan = plan_cascade((11, 13), scale=7.3)
+    feat, *maps0 = pipe.encode(img.transpose(2, 0, 1)[None].copy())
+    coord = rng.uniform(-1, 1, (n, 2)).astype(np.float32)
+    coord[0] = (-1 + 1e-6, 1 - 1e-6) if n > 0 else coord[0]  # a corner query
+    for k, grid in enumerate(plan.grids):
+        maps = maps0 if k == 0 else pipe.branch_maps(feat, k, grid)
+        res = pipe.decode(k, maps, grid, coord, plan.cell)
+        with torch.no_grad():
+            x = torch.from_numpy(feat) if k == 0 else model.branch_input(torch.from_numpy(feat), grid)
+            ref = model.query(k, model.branch_maps(x, k), torch.from_numpy(coord)[None],
+                              torch.from_numpy(plan.cell)[None])[0].numpy()
+        assert res.shape == (n, 3) and np.abs(res - ref).max() <= 1e-5
+
+
+def test_windowed_branch_maps_and_decoder_equal_whole(golden_dir, exported, rng):
+    _, pipe = exported(golden_dir, "edsr_clit3_small")
+    img = rng.random((9, 10, 3), dtype=np.float32)
+    plan = plan_cascade((9, 10), scale=12)
+    grid = plan.grids[1]  # 36 x 40
+    feat, *_ = pipe.encode(img.transpose(2, 0, 1)[None].copy())
+    whole = pipe.branch_maps(feat, 1, grid)
+    for rows, cols in [(slice(0, 7), slice(0, 9)), (slice(30, 36), slice(33, 40)), (slice(11, 23), slice(5, 31))]:
+        win = pipe.branch_maps(feat, 1, grid, rows, cols)
+        for a, b in zip(win, whole):
+            assert a.shape[2:] == (rows.stop - rows.start, cols.stop - cols.start)
+            assert np.abs(a - b[:, :, rows, cols]).max() <= 1e-6
+    # decoder on a window + offset == decoder on the whole map, for queries inside it
+    rows, cols = slice(10, 30), slice(6, 33)
+    win = pipe.branch_maps(feat, 1, grid, rows, cols)
+    out = coord_grid(*plan.out_size)
+    y0, x0 = (10 + 3 + 1) * 3, (6 + 3 + 1) * 3  # output pixels whose 7x7 neighbourhood stays inside
+    coord = out[y0:y0 + 15, x0:x0 + 20].reshape(-1, 2)
+    a = pipe.decode(1, win, grid, coord, plan.cell, offset=(10, 6))
+    b = pipe.decode(1, whole, grid, coord, plan.cell)
+    assert np.abs(a - b).max() <= 1e-6
+
+
+def test_audit_flags_planted_gridsample_and_passes_our_graphs(golden_dir, tmp_path):
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("GridSample", ["x", "g"], ["y"], align_corners=0)
+    graph = helper.make_graph(
+        [node], "planted",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4]),
+         helper.make_tensor_value_info("g", TensorProto.FLOAT, [1, 2, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 2, 2])],
+    )
+    planted = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    for target in ("8.5", "10"):
+        assert [f.op for f in audit_model(planted, target)] == ["GridSample"]
+    model = load_model(golden_dir / "rdn_clit2_small.pth")
+    for g in export_graphs(model, tmp_path, opset=16):
+        graph_model = onnx.load(str(tmp_path / g["file"]))
+        for target in ("8.5", "8.6", "10", "11"):
+            assert audit_model(graph_model, target) == [], (g["file"], target)
+
+
+def test_graph_interfaces_are_dynamic(golden_dir):
+    model = load_model(golden_dir / "edsr_clit3_small.pth")
+    specs = {(s.kind, s.branch): s for s in graph_specs(model)}
+    assert set(specs) == {("encoder", 0), ("branch", 1), ("branch", 2), ("decoder", 0), ("decoder", 1), ("decoder", 2)}
+    coord = dict((n, shape) for n, _, shape in specs[("decoder", 2)].inputs)["coord"]
+    assert coord == ("N", 2)
+    assert max_safe_queries(256, 3) * (49 * 256 + 2) < 2**31 <= (max_safe_queries(256, 3) + 1) * (49 * 256 + 2)
+
+
+def export_cli(*args):
+    return subprocess.run([sys.executable, "-m", "clit.export.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def test_cli_writes_manifest_with_parity(golden_dir, data_dir, tmp_path):
+    out = tmp_path / "model"
+    done = export_cli(golden_dir / "edsr_lit_small.pth", "-o", out, "--check")
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["format_version"] == FORMAT_VERSION and manifest["n_branches"] == 1
+    assert manifest["stage_base"] == 4 and manifest["cascade_discount"] == 0.75
+    assert manifest["source"]["sha256"] == hashlib.sha256((golden_dir / "edsr_lit_small.pth").read_bytes()).hexdigest()
+    for g in manifest["graphs"]:
+        assert hashlib.sha256((out / g["file"]).read_bytes()).hexdigest() == g["sha256"]
+    results = {(r["precision"], r.get("scale")): r for r in manifest["parity"]["results"]}
+    assert results[("fp32", 2.0)]["status"] == "pass" and results[("fp32", 3.7)]["status"] == "pass"
+    assert results[("fp32", 6.0)]["status"] == "skipped" and "1 branch" in results[("fp32", 6.0)]["reason"]
+    assert results[("fp32", 2.0)]["max_abs_diff"] <= TOL
+    assert manifest["tensorrt_audit"]["findings"] == {"8.5": [], "8.6": [], "10": [], "11": []}
+    assert oct(out.stat().st_mode & 0o777) == "0o755"
+    load_manifest(out)  # the runtime accepts it
+
+
+def test_cli_bad_inputs_leave_nothing_behind(golden_dir, tmp_path):
+    junk = tmp_path / "junk.pth"
+    junk.write_text("nope")
+    cases = [
+        ([junk, "-o", tmp_path / "a", "--no-parity"], "not a PyTorch checkpoint"),
+        ([golden_dir / "edsr_lit_small.pth", "-o", tmp_path / "b", "--opset", "20"], "20 is refused"),
+        ([golden_dir / "edsr_lit_small.pth", "-o", tmp_path / "c", "--opset", "18", "--check", "--no-parity"],
+         "opset 18 is above TensorRT 8.5"),
+    ]
+    for args, message in cases:
+        done = export_cli(*args)
+        assert done.returncode != 0 and message in done.stderr, done.stderr
+    existing = tmp_path / "d"
+    existing.mkdir()
+    (existing / "keep").write_text("x")
+    done = export_cli(golden_dir / "edsr_lit_small.pth", "-o", existing, "--no-parity")
+    assert done.returncode != 0 and "exists" in done.stderr and (existing / "keep").read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "junk.pth"]  # no temp dirs left
+
+
+def test_manifest_errors(tmp_path):
+    with pytest.raises(ModelDirError, match="no manifest.json"):
+        load_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"format_version": 99}))
+    with pytest.raises(ModelDirError, match="format version 99"):
+        load_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"format_version": FORMAT_VERSION, "graphs": [
+        {"kind": "encoder", "branch": 0, "file": "encoder.onnx", "sha256": "", "inputs": [], "outputs": []}]}))
+    with pytest.raises(ModelDirError, match="encoder.onnx .* missing"):
+        load_manifest(tmp_path)
+
+
+def test_golden_index_lists_models(golden_dir):
+    assert len(golden_index()) >= 4
