@@ -1,22 +1,25 @@
 """Export-friendly views of a CLIT model: the three graph kinds, without GridSample.
 
 Every lookup is explicit index math (int32, as TensorRT 8.x needs) + Gather, so the graphs
-parse on TensorRT 8.5+ and run
-on ONNX Runtime; neighbours outside the feature map are zeroed with a mask (zero padding).
-Coordinates stay float32 and follow :mod:`clit.runtime.geometry` bit for bit: the pixel
-centre and neighbour-offset tables are graph *inputs* that the runtime builds with that
-module, so no coordinate constant is baked in and the same graph serves every size.
+parse on TensorRT 8.5+ and run on ONNX Runtime; neighbours outside the feature map are
+zeroed with a mask (zero padding).  Coordinates stay float32 and follow
+:mod:`clit.runtime.geometry` bit for bit: the pixel-centre and neighbour-offset tables are
+graph *inputs* that the runtime builds with that module, so no coordinate constant is baked
+in and the same graph serves every size.
 
 * :class:`EncoderGraph` ``image (1,3,H,W) in [0,1] -> feat, q, k, v`` (branch 1's maps).
 * :class:`BranchGraph` (branch k >= 2) ``feat (1,C,h,w), size (2,) float (h, w), rows (Hw,),
-  cols (Ww,) ->
-  q, k, v`` for the window of the intermediate grid whose pixel-centre coordinates are
-  ``rows x cols``.  The 3x3 convs zero-pad at the window edge, so the runtime asks for one
-  extra pixel of halo on every side that is not an image border and drops it.
+  cols (Ww,) -> q, k, v`` for the window of the intermediate grid whose pixel-centre
+  coordinates are ``rows x cols``.  The 3x3 convs zero-pad at the window edge, so the
+  runtime asks for one extra pixel of halo on every side that is not an image border.
 * :class:`DecoderGraph` ``q, k, v window (1,C,hq,wq), offset (2,) int32 (window origin in
   the branch map), size (2,) float (branch map h, w), rows (h,), cols (w,), drow (2r+1,),
   dcol (2r+1,) neighbour offsets in [-1,1] units, coord (N,2), cell (2,) -> residual (N,3)``.
   The batch is 1; N is dynamic.
+
+Precision: the coordinate math, relative positions, sinusoidal encoding (arguments reach
+thousands of radians) and the softmax live in the submodules named in :data:`FP32_SCOPES`;
+their ONNX node names start with ``/<scope>/``, which is how the FP16 variants keep them FP32.
 """
 
 from __future__ import annotations
@@ -25,18 +28,10 @@ import math
 
 import torch
 import torch.nn.functional as F
+from clit.train.model import CLIT
 from torch import nn
 
-from clit.train.model import CLIT
-
-
-def _bilinear_rows(coord: torch.Tensor, n: torch.Tensor):
-    """grid_sample bilinear (align_corners=False) along one axis: lower index, upper index,
-    and their weights for coordinates ``coord`` on an axis of length ``n`` (float)."""
-    u = (coord + 1.0) * (n * 0.5) - 0.5
-    lo = torch.floor(u)
-    t = u - lo
-    return lo.to(torch.int32), lo.to(torch.int32) + 1, 1.0 - t, t
+FP32_SCOPES = ("axis", "neighbours", "bias", "softmax")
 
 
 def _dim(t: torch.Tensor, i: int) -> torch.Tensor:
@@ -49,12 +44,94 @@ def _clamp(x: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
     return torch.minimum(torch.maximum(x, torch.tensor(0, dtype=torch.int32)), top)
 
 
-def _gather_rows_cols(fmap: torch.Tensor, iy: torch.Tensor, ix: torch.Tensor) -> torch.Tensor:
-    """fmap (C, h, w); iy, ix int32 of one shape, inside the map -> (*shape, C)."""
+def _gather(fmap: torch.Tensor, iy: torch.Tensor, ix: torch.Tensor) -> torch.Tensor:
+    """fmap (C, h, w); broadcastable int32 iy, ix inside the map -> (*shape, C)."""
     c = fmap.shape[0]
     flat = fmap.reshape(c, -1).transpose(0, 1)  # (h*w, C)
-    idx = iy * _dim(fmap, 2) + ix  # int32 throughout
+    idx = iy * _dim(fmap, 2) + ix
     return flat.index_select(0, idx.reshape(-1)).reshape(*idx.shape, c)
+
+
+class BilinearAxis(nn.Module):
+    """FP32 scope: grid_sample bilinear (align_corners=False) along one axis -> lower and
+    upper pixel index (int32), their weights, and whether each index is inside the axis."""
+
+    def forward(self, coord: torch.Tensor, n: torch.Tensor):
+        u = (coord + 1.0) * (n * 0.5) - 0.5
+        lo_f = torch.floor(u)
+        t = u - lo_f
+        lo = lo_f.to(torch.int32)
+        hi = lo + 1
+        n_i = n.to(torch.int32)
+        return (lo, 1.0 - t, (lo >= 0) & (lo < n_i)), (hi, t, (hi >= 0) & (hi < n_i))
+
+
+class Bilinear(nn.Module):
+    """Bilinear sample (zero padding) at global coordinates of a map of size (h, w), reading
+    a window ``fmap`` (C, hq, wq) whose origin is ``(oy, ox)`` of the full map.  ``cy`` and
+    ``cx`` broadcast against each other (N and N, or Hw x 1 and 1 x Ww) -> (*shape, C)."""
+
+    def __init__(self):
+        super().__init__()
+        self.axis = BilinearAxis()
+
+    def forward(self, fmap, cy, cx, h_f, w_f, oy, ox):
+        hq, wq = _dim(fmap, 1), _dim(fmap, 2)
+        out = None
+        for iy, wy, in_y in self.axis(cy, h_f):
+            for ix, wx, in_x in self.axis(cx, w_f):
+                val = _gather(fmap, _clamp(iy - oy, hq - 1), _clamp(ix - ox, wq - 1))
+                weight = wy * wx * (in_y & in_x).to(val.dtype)
+                term = val * weight.unsqueeze(-1)
+                out = term if out is None else out + term
+        return out
+
+
+class AxisNeighbours(nn.Module):
+    """FP32 scope, per axis: the nearest pixel (exactly as grid_sample 'nearest', see
+    ``geometry.unnormalize``), its 2r+1 neighbours, which exist, and the relative positions
+    ``(c - neighbour_centre) * n`` computed with the official float32 operations."""
+
+    def __init__(self, radius: int):
+        super().__init__()
+        self.register_buffer("steps", torch.arange(-radius, radius + 1, dtype=torch.int32), persistent=False)
+
+    def forward(self, c, n_f, centres, delta):
+        i = torch.round((c + 1.0) * (n_f * 0.5) - 0.5).to(torch.int32)
+        nb = i.unsqueeze(1) + self.steps  # N, side
+        valid = (nb >= 0) & (nb < n_f.to(torch.int32))
+        centre = centres.index_select(0, _clamp(i, _dim(centres, 0) - 1))
+        rel = (c.unsqueeze(1) - (centre.unsqueeze(1) + delta)) * n_f
+        return nb, valid, rel
+
+
+class RelativeBias(nn.Module):
+    """FP32 scope: the model's sinusoidal bias for rel = (rel_y, rel_x) given broadcastable
+    as (N, s, 1) and (N, 1, s).  The phase rel . B^T is written per axis (the same two
+    products and sum as the official 2-wide matmul), so nothing is expanded to (N, s, s, 2)."""
+
+    def __init__(self, pb):
+        super().__init__()
+        self.pb = pb
+
+    def forward(self, rel_y, rel_x):
+        by, bx = self.pb.b_vals[:, 0], self.pb.b_vals[:, 1]
+        phase = rel_y.unsqueeze(-1) * by + rel_x.unsqueeze(-1) * bx  # N, s, s, F
+        return self.pb.proj(torch.cat([torch.sin(phase), torch.cos(phase)], dim=-1))
+
+
+class AttentionSoftmax(nn.Module):
+    """FP32 scope: softmax over the neighbours of q.k / sqrt(d) + bias."""
+
+    def __init__(self, head_dim: int):
+        super().__init__()
+        self.scale = math.sqrt(head_dim)
+
+    def forward(self, logits, bias):
+        logits = logits / self.scale
+        if bias is not None:
+            logits = logits + bias
+        return F.softmax(logits, dim=1)
 
 
 class EncoderGraph(nn.Module):
@@ -76,10 +153,11 @@ class BranchGraph(nn.Module):
     def __init__(self, model: CLIT, k: int):
         super().__init__()
         self.model, self.k = model, k
+        self.sample = Bilinear()
 
     def forward(self, feat: torch.Tensor, size: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor):
-        zero = torch.tensor(0.0)
-        x_in = _bilinear_window(feat[0], rows.unsqueeze(1), cols.unsqueeze(0), size[0], size[1], zero, zero)
+        zero = torch.tensor(0, dtype=torch.int32)
+        x_in = self.sample(feat[0], rows.unsqueeze(1), cols.unsqueeze(0), size[0], size[1], zero, zero)
         return self.model.branch_maps(x_in.permute(2, 0, 1).unsqueeze(0), self.k)
 
 
@@ -89,78 +167,37 @@ class DecoderGraph(nn.Module):
     def __init__(self, model: CLIT, k: int):
         super().__init__()
         self.model, self.k = model, k
-        self.r = model.r
-        self.register_buffer("steps", torch.arange(-model.r, model.r + 1, dtype=torch.int32), persistent=False)
+        self.neighbours = AxisNeighbours(model.r)
+        self.q_sample = Bilinear()
+        self.bias = RelativeBias(model.pb_encoder) if model.pb_encoder is not None else None
+        self.softmax = AttentionSoftmax(model.dim // model.head)
 
     def forward(self, q_map, k_map, v_map, offset, size, rows, cols, drow, dcol, coord, cell):
         m = self.model
-        heads, dh = m.head, m.dim // m.head
-        side = 2 * self.r + 1
-        area = side * side
-        c = v_map.shape[1]
+        heads, dh, c = m.head, m.dim // m.head, m.dim
         n = coord.shape[0]
+        area = (2 * m.r + 1) ** 2
         cy, cx = coord[:, 0], coord[:, 1]
         h_f, w_f = size[0], size[1]
 
-        # nearest feature pixel, exactly as grid_sample 'nearest' (see geometry.unnormalize)
-        iy = torch.round((cy + 1.0) * (h_f * 0.5) - 0.5).to(torch.int32)
-        ix = torch.round((cx + 1.0) * (w_f * 0.5) - 0.5).to(torch.int32)
-        ny = iy.unsqueeze(1) + self.steps  # (N, side) rows of the neighbours in the branch map
-        nx = ix.unsqueeze(1) + self.steps
-        h_i, w_i = h_f.to(torch.int32), w_f.to(torch.int32)
-        valid = ((ny >= 0) & (ny < h_i)).unsqueeze(2) & ((nx >= 0) & (nx < w_i)).unsqueeze(1)  # N, side, side
+        ny, valid_y, rel_y = self.neighbours(cy, h_f, rows, drow)  # N, side each
+        nx, valid_x, rel_x = self.neighbours(cx, w_f, cols, dcol)
 
-        # relative positions (float32, same operations as the official code)
-        centre_y = rows.index_select(0, _clamp(iy, _dim(rows, 0) - 1))
-        centre_x = cols.index_select(0, _clamp(ix, _dim(cols, 0) - 1))
-        rel_y = ((cy.unsqueeze(1) - (centre_y.unsqueeze(1) + drow)) * h_f).unsqueeze(2)  # N, side, 1
-        rel_x = ((cx.unsqueeze(1) - (centre_x.unsqueeze(1) + dcol)) * w_f).unsqueeze(1)  # N, 1, side
-
-        # keys / values of the 7x7 neighbourhood (broadcast N, side, side), zero outside the map
+        # keys / values of the neighbourhood (broadcast N, side, side), zero outside the map
         ly = _clamp(ny - offset[0], _dim(v_map, 2) - 1).unsqueeze(2)
         lx = _clamp(nx - offset[1], _dim(v_map, 3) - 1).unsqueeze(1)
-        mask = valid.to(v_map.dtype).reshape(n, area, 1)
-        key = _gather_rows_cols(k_map[0], ly, lx).reshape(n, area, c) * mask
-        val = _gather_rows_cols(v_map[0], ly, lx).reshape(n, area, c) * mask
+        mask = (valid_y.unsqueeze(2) & valid_x.unsqueeze(1)).to(v_map.dtype).reshape(n, area, 1)
+        key = _gather(k_map[0], ly, lx).reshape(n, area, c) * mask
+        val = _gather(v_map[0], ly, lx).reshape(n, area, c) * mask
+        q = self.q_sample(q_map[0], cy, cx, h_f, w_f, offset[0], offset[1])  # N, C
 
-        # q: bilinear at the query, in window-local pixel units
-        oy, ox = offset[0].to(torch.float32), offset[1].to(torch.float32)
-        q = _bilinear_window(q_map[0], cy, cx, h_f, w_f, oy, ox)  # N, C
-
-        attn = torch.matmul(key.reshape(n, area, heads, dh).permute(0, 2, 1, 3), q.reshape(n, heads, dh, 1))
-        attn = attn.reshape(n, heads, area).permute(0, 2, 1) / math.sqrt(dh)  # N, area, heads
-        if m.pb_encoder is not None:
-            attn = attn + _relative_bias(m.pb_encoder, rel_y, rel_x).reshape(n, area, heads)
-        attn = F.softmax(attn, dim=1)
+        logits = torch.matmul(key.reshape(n, area, heads, dh).permute(0, 2, 1, 3), q.reshape(n, heads, dh, 1))
+        logits = logits.reshape(n, heads, area).permute(0, 2, 1)  # N, area, heads
+        bias = None
+        if self.bias is not None:
+            bias = self.bias(rel_y.unsqueeze(2), rel_x.unsqueeze(1)).reshape(n, area, heads)
+        attn = self.softmax(logits, bias)
         feat_in = (val.reshape(n, area, heads, dh) * attn.unsqueeze(-1)).reshape(n, area * c)
         if m.is_cell:
             feat_in = torch.cat([feat_in, torch.zeros_like(coord) + cell * size], dim=-1)
         return m.imnets[self.k](feat_in)
-
-
-def _bilinear_window(fmap, cy, cx, h_f, w_f, oy, ox):
-    """Bilinear (zero padding) sample at global coords of a map of size (h_f, w_f), reading a
-    window ``fmap`` (C, hq, wq) whose origin is at (oy, ox) of the full map.  ``cy`` and
-    ``cx`` broadcast against each other (N and N, or Hw x 1 and 1 x Ww) -> (*shape, C)."""
-    hq, wq = _dim(fmap, 1), _dim(fmap, 2)
-    y0, y1, wy0, wy1 = _bilinear_rows(cy, h_f)
-    x0, x1, wx0, wx1 = _bilinear_rows(cx, w_f)
-    h_i, w_i = h_f.to(torch.int32), w_f.to(torch.int32)
-    oy_i, ox_i = oy.to(torch.int32), ox.to(torch.int32)
-    out = None
-    for iy, wy in ((y0, wy0), (y1, wy1)):
-        for ix, wx in ((x0, wx0), (x1, wx1)):
-            inside = ((iy >= 0) & (iy < h_i)) & ((ix >= 0) & (ix < w_i))
-            val = _gather_rows_cols(fmap, _clamp(iy - oy_i, hq - 1), _clamp(ix - ox_i, wq - 1))
-            term = val * (wy * wx * inside.to(val.dtype)).unsqueeze(-1)
-            out = term if out is None else out + term
-    return out
-
-
-def _relative_bias(pb, rel_y: torch.Tensor, rel_x: torch.Tensor) -> torch.Tensor:
-    """The model's sinusoidal bias for rel = (rel_y, rel_x) given as broadcastable (N, s, 1)
-    and (N, 1, s): the phase rel . B^T is written per axis (the same two products and sum as
-    the 2-wide matmul), so no (N, s, s, 2) tensor has to be expanded."""
-    by, bx = pb.b_vals[:, 0], pb.b_vals[:, 1]
-    phase = rel_y.unsqueeze(-1) * by + rel_x.unsqueeze(-1) * bx  # N, s, s, F
-    return pb.proj(torch.cat([torch.sin(phase), torch.cos(phase)], dim=-1))

@@ -12,13 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
-
 from clit.runtime.geometry import pixel_centres
 from clit.train.model import CLIT
 
 from .graphs import BranchGraph, DecoderGraph, EncoderGraph
+from .precision import fp32_nodes
 
+GRAPHS = {"branch": BranchGraph, "decoder": DecoderGraph}
 OPSET_DEFAULT = 17
 OPSETS_ALLOWED = (16, 17, 18, 19)
 
@@ -117,10 +119,11 @@ def export_graphs(model: CLIT, out_dir: Path, opset: int = OPSET_DEFAULT) -> lis
     model = model.eval().float()
     entries = []
     for spec in graph_specs(model):
-        module = {"encoder": lambda: EncoderGraph(model), "branch": lambda: BranchGraph(model, spec.branch),
-                  "decoder": lambda: DecoderGraph(model, spec.branch)}[spec.kind]()
+        module = EncoderGraph(model) if spec.kind == "encoder" else GRAPHS[spec.kind](model, spec.branch)
         path = out_dir / spec.file
         with torch.no_grad():
             _export(module.eval(), _example_inputs(model, spec), path, spec, opset)
-        entries.append(spec.as_dict(sha256_file(path)))
+        entry = spec.as_dict(sha256_file(path))
+        entry["fp32_layers"] = fp32_nodes(onnx.load(str(path)))
+        entries.append(entry)
     return entries

@@ -8,9 +8,8 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import scale_key
+from PIL import Image
 
 pytest.importorskip("torch")
 

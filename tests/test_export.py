@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import golden_cases, golden_index, scale_key
 
 torch = pytest.importorskip("torch")
@@ -198,3 +197,18 @@ def test_manifest_errors(tmp_path):
 
 def test_golden_index_lists_models(golden_dir):
     assert len(golden_index()) >= 4
+
+
+def test_fp32_layers_cover_coordinates_encoding_and_softmax(golden_dir, tmp_path):
+    model = load_model(golden_dir / "edsr_clit2_small.pth")
+    entries = {(g["kind"], g["branch"]): g for g in export_graphs(model, tmp_path)}
+    assert entries[("encoder", 0)]["fp32_layers"] == []
+    for key in [("decoder", 0), ("decoder", 1)]:
+        graph = onnx.load(str(tmp_path / entries[key]["file"]))
+        pinned = set(entries[key]["fp32_layers"])
+        ops = {n.name: n.op_type for n in graph.graph.node}
+        must = [name for name, op in ops.items() if op in ("Sin", "Cos", "Softmax", "Round")]
+        assert len(must) >= 5 and set(must) <= pinned
+        assert not any(ops[name] == "Gemm" and "imnets" in name for name in pinned)  # the MLP may be FP16
+    branch = set(entries[("branch", 1)]["fp32_layers"])
+    assert any("Floor" in name for name in branch) and not any("Conv" in name for name in branch)

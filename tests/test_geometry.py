@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-
 from clit.runtime.geometry import (
     coord_grid,
     nearest_index,

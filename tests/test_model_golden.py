@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import golden_cases, scale_key
+from PIL import Image
 
 torch = pytest.importorskip("torch")
 from clit.train import load_model  # noqa: E402

@@ -20,12 +20,10 @@ Coordinates, the stage plan and the cascade constants come from
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from clit.runtime.geometry import (
     CASCADE_DISCOUNT,
     NORM_MEAN,
@@ -35,6 +33,7 @@ from clit.runtime.geometry import (
     pixel_centres,
     plan_cascade,
 )
+from torch import nn
 
 from .encoders import make_encoder
 
