@@ -12,14 +12,19 @@ import click
 import numpy as np
 from clit.runtime.geometry import CASCADE_DISCOUNT, NORM_MEAN, NORM_STD, STAGE_BASE
 from clit.runtime.manifest import FORMAT_VERSION, MANIFEST, load_manifest
+from clit.runtime.metrics import psnr
 from clit.runtime.onnx_backend import OnnxRuntimeRunner
 from clit.runtime.pipeline import DEFAULT_CHUNK, Pipeline
 
 from .audit import TARGETS, audit_file
-from .onnx_export import OPSET_DEFAULT, OPSETS_ALLOWED, export_graphs, sha256_file
+from .onnx_export import OPSET_DEFAULT, OPSETS_ALLOWED, PRECISIONS, export_graphs, sha256_file
 
 PARITY_SCALES = (2.0, 3.7, 6.0, 12.0)
 PARITY_TOL_FP32 = 1e-4
+PARITY_FP16_MIN_PSNR = 45.0  # dB against the FP32 pipeline
+FP16_CPU_NOTE = ("ONNX Runtime's CPU provider runs ops that lack FP16 kernels in FP32 behind inserted "
+                 "casts: this checks the FP16 weights and graph, and bounds from above what a GPU FP16 "
+                 "engine gives")
 PARITY_LR = 32  # side of the LR crop used for the built-in parity check
 REPO_SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -53,31 +58,39 @@ def parity_input(image: Path | None) -> tuple[np.ndarray, str]:
     return np.ascontiguousarray(img[y:y + side, x:x + side]), str(path)
 
 
-def run_parity(model, manifest, img: np.ndarray) -> list[dict]:
-    """FP32 ONNX Runtime pipeline vs the PyTorch model at PARITY_SCALES."""
+def run_parity(model, manifest, img: np.ndarray, precisions) -> list[dict]:
+    """FP32 ONNX Runtime pipeline vs the PyTorch model at PARITY_SCALES (max abs diff);
+    FP16 (where exported) vs the FP32 pipeline (PSNR of the clamped images)."""
     import torch
 
-    pipe = Pipeline(manifest, OnnxRuntimeRunner(manifest))
+    runner = OnnxRuntimeRunner(manifest)
+    pipes = {p: Pipeline(manifest, runner, precision=p) for p in precisions}
     lr = torch.from_numpy(img.transpose(2, 0, 1).copy())[None]
     results = []
     for s in PARITY_SCALES:
-        entry = {"scale": s, "precision": "fp32", "backend": "onnxruntime-cpu"}
+        entry = {"scale": s, "backend": "onnxruntime-cpu"}
         try:
-            plan = pipe.plan(img.shape[:2], scale=s)
+            plan = pipes["fp32"].plan(img.shape[:2], scale=s)
         except ValueError as exc:
-            results.append({**entry, "status": "skipped", "reason": str(exc)})
+            results += [{**entry, "precision": p, "status": "skipped", "reason": str(exc)} for p in precisions]
             continue
-        ours = pipe.upscale(img, scale=s)
+        stages = [list(st) for st in plan.stages]
+        ours = pipes["fp32"].upscale(img, scale=s)
         ref = model.upscale(lr, scale=s)[0].permute(1, 2, 0).numpy()
         diff = float(np.abs(ours - ref).max())
-        results.append({**entry, "stages": [list(st) for st in plan.stages], "max_abs_diff": diff,
+        results.append({**entry, "precision": "fp32", "stages": stages, "max_abs_diff": diff,
                         "tolerance": PARITY_TOL_FP32, "status": "pass" if diff <= PARITY_TOL_FP32 else "fail"})
-    results.append({"precision": "fp16", "status": "not run",
-                    "reason": "no FP16 graph variant is produced yet (TensorRT 8.5-10 use fp32_layers)"})
+        if "fp16" in pipes:
+            half = pipes["fp16"].upscale(img, scale=s)
+            value = psnr(np.clip(half, 0, 1), np.clip(ours, 0, 1))
+            results.append({**entry, "precision": "fp16", "stages": stages, "psnr_vs_fp32": value,
+                            "min_psnr": PARITY_FP16_MIN_PSNR, "note": FP16_CPU_NOTE,
+                            "status": "pass" if value >= PARITY_FP16_MIN_PSNR else "fail"})
     return results
 
 
-def build_manifest(ckpt_path: Path, args: dict, model, graphs: list[dict], opset: int, max_queries: int) -> dict:
+def build_manifest(ckpt_path: Path, args: dict, model, graphs: list[dict], opset: int, max_queries: int,
+                   precisions) -> dict:
     safe = max_safe_queries(model.dim, model.r)
     return {
         "format_version": FORMAT_VERSION,
@@ -93,14 +106,16 @@ def build_manifest(ckpt_path: Path, args: dict, model, graphs: list[dict], opset
         "normalisation": {"input": f"(x - {NORM_MEAN}) / {NORM_STD}", "output": f"y * {NORM_STD} + {NORM_MEAN}"},
         "accumulation": "runtime",  # discount, bilinear skip, de-normalisation and clamping: clit.runtime.pipeline
         "opset": opset,
-        "precisions": ["fp32"],
+        "precisions": list(precisions),
         "fp16": {"tensorrt_8.5-10": "FP32 graph + BuilderFlag.FP16 + each graph's fp32_layers pinned to FP32",
-                 "tensorrt_11": "not produced yet (needs an explicitly mixed-precision ONNX)"},
+                 "tensorrt_11_and_onnxruntime": "the graph's 'fp16' variant (explicitly mixed precision)"},
         "max_safe_queries": safe,
         "profiles": {
             "H": {"min": 1, "opt": 256, "max": 1024},
             "W": {"min": 1, "opt": 256, "max": 1024},
             "N": {"min": 1, "opt": min(DEFAULT_CHUNK, safe), "max": min(max_queries, safe)},
+            # branch/decoder windows (Hw, Ww, hq, wq, h, w): a branch k >= 2 grid is up to 4x the LR per side
+            "window": {"min": 1, "opt": 256, "max": 1024},
         },
         "graphs": graphs,
     }
@@ -111,6 +126,8 @@ def build_manifest(ckpt_path: Path, args: dict, model, graphs: list[dict], opset
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Model directory to create.")
 @click.option("--opset", type=int, default=OPSET_DEFAULT, show_default=True,
               help=f"ONNX opset ({', '.join(map(str, OPSETS_ALLOWED))}; never 20).")
+@click.option("--precision", "precision", default="fp32,fp16", show_default=True,
+              help="Comma-separated precisions to export (fp32 always; fp16 adds mixed-precision variants).")
 @click.option("--max-queries", type=click.IntRange(min=1), default=DEFAULT_CHUNK * 4, show_default=True,
               help="Largest query chunk N the profiles allow (capped at the largest safe N).")
 @click.option("--image", type=click.Path(path_type=Path, exists=True, dir_okay=False),
@@ -120,21 +137,26 @@ def build_manifest(ckpt_path: Path, args: dict, model, graphs: list[dict], opset
 @click.option("--check", is_flag=True, help="Fail (exit 1, nothing written) if the audit finds unsupported ops.")
 @click.option("--no-parity", is_flag=True, help="Skip the built-in ONNX Runtime vs PyTorch check.")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
-def main(checkpoint, out, opset, max_queries, image, target_trt, check, no_parity, force):
+def main(checkpoint, out, opset, precision, max_queries, image, target_trt, check, no_parity, force):
     """Export CHECKPOINT (official or ours) to ONNX graphs plus manifest.json in OUTPUT.
 
     Every graph is audited against TensorRT's ONNX op support (8.5, 8.6, 10, 11); the
     findings go into the manifest, and with --check any finding for --target-trt fails.
     The directory is written atomically (a temporary sibling, renamed at the end). After
     writing, the graphs run through the runtime's numpy pipeline on ONNX Runtime and are
-    compared with the PyTorch model at x2, x3.7, x6 and x12 (max abs diff <= 1e-4); the
-    results go into the manifest and a failure gives exit code 1.
+    compared with the PyTorch model at x2, x3.7, x6 and x12 (FP32: max abs diff <= 1e-4;
+    FP16: PSNR >= 45 dB against FP32); the results go into the manifest and a failure
+    gives exit code 1.
     """
     from clit.train.checkpoint import CheckpointError, build_model, load_state, read_checkpoint
 
     if opset not in OPSETS_ALLOWED:
         raise click.BadParameter(f"{opset} is not supported (allowed {', '.join(map(str, OPSETS_ALLOWED))}; "
                                  "20 is refused: TensorRT mis-parses opset-20 GridSample)", param_hint="--opset")
+    precisions = tuple(dict.fromkeys(p.strip().lower() for p in precision.split(",") if p.strip()))
+    if "fp32" not in precisions or set(precisions) - set(PRECISIONS):
+        raise click.BadParameter(f"{precision!r}: choose from {', '.join(PRECISIONS)}, fp32 included",
+                                 param_hint="--precision")
     if out.exists() and not force:
         raise click.UsageError(f"{out} exists (use --force to replace it)")
     try:
@@ -151,8 +173,8 @@ def main(checkpoint, out, opset, max_queries, image, target_trt, check, no_parit
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     tmp.chmod(0o755)
     try:
-        graphs = export_graphs(model, tmp, opset=opset)
-        manifest = build_manifest(Path(checkpoint), args, model, graphs, opset, max_queries)
+        graphs = export_graphs(model, tmp, opset=opset, precisions=precisions)
+        manifest = build_manifest(Path(checkpoint), args, model, graphs, opset, max_queries, precisions)
         audits = {t: [str(f) for g in graphs for f in audit_file(tmp / g["file"], t)] for t in TARGETS}
         manifest["tensorrt_audit"] = {"target": target_trt, "findings": audits}
         for finding in audits[target_trt]:
@@ -163,7 +185,7 @@ def main(checkpoint, out, opset, max_queries, image, target_trt, check, no_parit
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         parity = []
         if img is not None:
-            parity = run_parity(model, load_manifest(tmp), img)
+            parity = run_parity(model, load_manifest(tmp), img, precisions)
             manifest["parity"] = {"image": img_name, "lr_size": list(img.shape[:2]), "results": parity}
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         if out.exists():
@@ -174,7 +196,12 @@ def main(checkpoint, out, opset, max_queries, image, target_trt, check, no_parit
         raise
     failed = [p for p in parity if p["status"] == "fail"]
     for p in parity:
-        detail = f"max abs diff {p['max_abs_diff']:.2e}" if "max_abs_diff" in p else p.get("reason", "")
+        if "max_abs_diff" in p:
+            detail = f"max abs diff {p['max_abs_diff']:.2e}"
+        elif "psnr_vs_fp32" in p:
+            detail = f"PSNR vs fp32 {p['psnr_vs_fp32']:.2f} dB"
+        else:
+            detail = p.get("reason", "")
         click.echo(f"parity {p['precision']} x{p.get('scale', '-')}: {p['status']} {detail}".rstrip())
     click.echo(f"wrote {out} ({len(graphs)} graphs)")
     sys.exit(1 if failed else 0)

@@ -14,8 +14,8 @@ in and the same graph serves every size.
   runtime asks for one extra pixel of halo on every side that is not an image border.
 * :class:`DecoderGraph` ``q, k, v window (1,C,hq,wq), offset (2,) int32 (window origin in
   the branch map), size (2,) float (branch map h, w), rows (h,), cols (w,), drow (2r+1,),
-  dcol (2r+1,) neighbour offsets in [-1,1] units, coord (N,2), cell (2,) -> residual (N,3)``.
-  The batch is 1; N is dynamic.
+  dcol (2r+1,) neighbour offsets in [-1,1] units, coord (1,N,2), cell (2,) -> residual
+  (1,N,3)``.  The batch is 1 (one image at a time); N is dynamic.
 
 Precision: the coordinate math, relative positions, sinusoidal encoding (arguments reach
 thousands of radians) and the softmax live in the submodules named in :data:`FP32_SCOPES`;
@@ -174,6 +174,7 @@ class DecoderGraph(nn.Module):
 
     def forward(self, q_map, k_map, v_map, offset, size, rows, cols, drow, dcol, coord, cell):
         m = self.model
+        coord = coord[0]  # (1, N, 2): the batch is 1
         heads, dh, c = m.head, m.dim // m.head, m.dim
         n = coord.shape[0]
         area = (2 * m.r + 1) ** 2
@@ -200,4 +201,4 @@ class DecoderGraph(nn.Module):
         feat_in = (val.reshape(n, area, heads, dh) * attn.unsqueeze(-1)).reshape(n, area * c)
         if m.is_cell:
             feat_in = torch.cat([feat_in, torch.zeros_like(coord) + cell * size], dim=-1)
-        return m.imnets[self.k](feat_in)
+        return m.imnets[self.k](feat_in).unsqueeze(0)

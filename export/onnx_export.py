@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +19,12 @@ from clit.runtime.geometry import pixel_centres
 from clit.train.model import CLIT
 
 from .graphs import BranchGraph, DecoderGraph, EncoderGraph
-from .precision import fp32_nodes
+from .precision import fp32_nodes, to_mixed_fp16
 
 GRAPHS = {"branch": BranchGraph, "decoder": DecoderGraph}
 OPSET_DEFAULT = 17
 OPSETS_ALLOWED = (16, 17, 18, 19)
+PRECISIONS = ("fp32", "fp16")
 
 
 @dataclass(frozen=True)
@@ -87,8 +89,8 @@ def graph_specs(model: CLIT) -> list[GraphSpec]:
              ("offset", "int32", (2,)), ("size", "float32", (2,)),
              ("rows", "float32", ("h",)), ("cols", "float32", ("w",)),
              ("drow", "float32", (side,)), ("dcol", "float32", (side,)),
-             ("coord", "float32", ("N", 2)), ("cell", "float32", (2,))),
-            (("residual", "float32", ("N", 3)),),
+             ("coord", "float32", (1, "N", 2)), ("cell", "float32", (2,))),
+            (("residual", "float32", (1, "N", 3)),),
         ))
     return specs
 
@@ -98,21 +100,44 @@ def _example_inputs(model: CLIT, spec: GraphSpec) -> tuple:
     g = torch.Generator().manual_seed(0)
     c, r = model.dim, model.r
     if spec.kind == "encoder":
-        return (torch.rand(1, 3, 13, 17, generator=g),)
+        ws = model.window_size  # SwinIR encoders take window multiples only (see _runtime_pads_input)
+        return (torch.rand(1, 3, 13 if ws == 1 else 2 * ws, 17 if ws == 1 else 3 * ws, generator=g),)
     if spec.kind == "branch":
         return (torch.rand(1, c, 11, 15, generator=g), torch.tensor([11.0, 15.0]),
                 torch.from_numpy(pixel_centres(23)), torch.from_numpy(pixel_centres(29)))
     h, w = 19, 21
     steps = np.arange(-r, r + 1, dtype=np.float32)
-    coord = torch.rand(37, 2, generator=g) * 2 - 1
+    coord = torch.rand(1, 37, 2, generator=g) * 2 - 1
     return (*[torch.rand(1, c, h, w, generator=g) for _ in range(3)], torch.tensor([0, 0], dtype=torch.int32),
             torch.tensor([float(h), float(w)]), torch.from_numpy(pixel_centres(h)), torch.from_numpy(pixel_centres(w)),
             torch.from_numpy(steps * np.float32(2 / h)), torch.from_numpy(steps * np.float32(2 / w)),
             coord, torch.tensor([2 / 61, 2 / 67]))
 
 
-def export_graphs(model: CLIT, out_dir: Path, opset: int = OPSET_DEFAULT) -> list[dict]:
-    """Export every graph of ``model`` into ``out_dir``; returns their manifest entries."""
+@contextmanager
+def _runtime_pads_input(model: CLIT):
+    """SwinIR: the runtime mirror-pads every input to a window multiple (as the official
+    evaluation), so the encoder's own reflect pad (a no-op then, but Mod/If/Pad in ONNX)
+    is left out of the graph; the encoder graph requires H and W multiples of the window."""
+    enc = model.encoder
+    before = getattr(enc, "pad_to_window", None)
+    if before is not None:
+        enc.pad_to_window = False
+    try:
+        yield
+    finally:
+        if before is not None:
+            enc.pad_to_window = before
+
+
+def export_graphs(model: CLIT, out_dir: Path, opset: int = OPSET_DEFAULT, precisions=("fp32",)) -> list[dict]:
+    """Export every graph of ``model`` into ``out_dir``; returns their manifest entries.
+
+    Each entry lists its ``fp32_layers``; with 'fp16' in ``precisions`` it also gets an
+    explicitly mixed-precision variant ``<name>.fp16.onnx`` under ``variants``."""
+    unknown = set(precisions) - set(PRECISIONS)
+    if unknown or "fp32" not in precisions:
+        raise ValueError(f"precisions must include fp32 and be among {', '.join(PRECISIONS)}, got {precisions}")
     if opset not in OPSETS_ALLOWED:
         raise ValueError(f"opset {opset} is not supported (allowed: {', '.join(map(str, OPSETS_ALLOWED))}; "
                          "never 20: TensorRT mis-parses its GridSample)")
@@ -121,9 +146,15 @@ def export_graphs(model: CLIT, out_dir: Path, opset: int = OPSET_DEFAULT) -> lis
     for spec in graph_specs(model):
         module = EncoderGraph(model) if spec.kind == "encoder" else GRAPHS[spec.kind](model, spec.branch)
         path = out_dir / spec.file
-        with torch.no_grad():
+        with torch.no_grad(), _runtime_pads_input(model):
             _export(module.eval(), _example_inputs(model, spec), path, spec, opset)
         entry = spec.as_dict(sha256_file(path))
-        entry["fp32_layers"] = fp32_nodes(onnx.load(str(path)))
+        graph = onnx.load(str(path))
+        entry["fp32_layers"] = fp32_nodes(graph)
+        entry["variants"] = {}
+        if "fp16" in precisions:
+            half = path.with_name(path.stem + ".fp16.onnx")
+            onnx.save(to_mixed_fp16(graph), str(half))
+            entry["variants"]["fp16"] = {"file": half.name, "sha256": sha256_file(half)}
         entries.append(entry)
     return entries

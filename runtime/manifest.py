@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 FORMAT_VERSION = 1
@@ -22,6 +22,16 @@ class GraphEntry:
     sha256: str
     inputs: list
     outputs: list
+    variants: dict = field(default_factory=dict)  # precision -> {"file", "sha256"}
+
+    def file_for(self, precision: str) -> str:
+        """The graph file for ``precision`` ('fp32' is the graph itself)."""
+        if precision == "fp32":
+            return self.file
+        if precision not in self.variants:
+            raise ModelDirError(f"no {precision} variant of {self.file} (exported precisions: "
+                                f"{', '.join(['fp32', *self.variants])})")
+        return self.variants[precision]["file"]
 
 
 @dataclass(frozen=True)
@@ -43,7 +53,7 @@ class Manifest:
 
     @property
     def graphs(self) -> list[GraphEntry]:
-        return [GraphEntry(**{k: g[k] for k in GraphEntry.__dataclass_fields__}) for g in self.data["graphs"]]
+        return [GraphEntry(**{k: g[k] for k in GraphEntry.__dataclass_fields__ if k in g}) for g in self.data["graphs"]]
 
     def graph(self, kind: str, branch: int = 0) -> GraphEntry:
         for g in self.graphs:
@@ -70,6 +80,7 @@ def load_manifest(model_dir: str | Path) -> Manifest:
         raise ModelDirError(f"{path}: format version {version!r}, this clit reads version {FORMAT_VERSION}")
     manifest = Manifest(root, data)
     for entry in manifest.graphs:
-        if not manifest.path(entry).is_file():
-            raise ModelDirError(f"{root}: graph file {entry.file} listed in the manifest is missing")
+        for file in [entry.file] + [v["file"] for v in entry.variants.values()]:
+            if not (root / file).is_file():
+                raise ModelDirError(f"{root}: graph file {file} listed in the manifest is missing")
     return manifest

@@ -45,17 +45,23 @@ def neighbour_offsets(n: int, radius: int) -> np.ndarray:
 
 
 class Pipeline:
-    """Runs a model directory's graphs through ``runner``; see module docstring."""
+    """Runs a model directory's graphs (``precision`` 'fp32' or an exported variant such as
+    'fp16') through ``runner``; see module docstring."""
 
-    def __init__(self, manifest: Manifest, runner: GraphRunner):
-        self.manifest, self.runner = manifest, runner
+    def __init__(self, manifest: Manifest, runner: GraphRunner, precision: str = "fp32"):
+        self.manifest, self.runner, self.precision = manifest, runner, precision
+        for entry in manifest.graphs:
+            entry.file_for(precision)  # fail early if a variant is missing
+
+    def _file(self, kind: str, branch: int = 0) -> str:
+        return self.manifest.graph(kind, branch).file_for(self.precision)
 
     def plan(self, lr_size, scale=None, size=None) -> CascadePlan:
         return plan_cascade(lr_size, scale=scale, size=size, max_branches=self.manifest.n_branches)
 
     def encode(self, image: np.ndarray) -> list[np.ndarray]:
         """image (1, 3, h, w) float32 in [0, 1] -> feat, q, k, v."""
-        return self.runner.run(self.manifest.graph("encoder").file, {"image": image})
+        return self.runner.run(self._file("encoder"), {"image": image})
 
     def branch_maps(self, feat: np.ndarray, k: int, grid: tuple[int, int],
                     rows: slice = slice(None), cols: slice = slice(None)) -> list[np.ndarray]:
@@ -70,7 +76,7 @@ class Pipeline:
         h0, h1, w0, w1 = max(r0 - 1, 0), min(r1 + 1, gh), max(c0 - 1, 0), min(c1 + 1, gw)
         feeds = {"feat": feat, "size": np.array(feat.shape[2:], dtype=np.float32),
                  "rows": pixel_centres(gh)[h0:h1], "cols": pixel_centres(gw)[w0:w1]}
-        maps = self.runner.run(self.manifest.graph("branch", k).file, feeds)
+        maps = self.runner.run(self._file("branch", k), feeds)
         return [np.ascontiguousarray(m[:, :, r0 - h0:r1 - h0, c0 - w0:c1 - w0]) for m in maps]
 
     def decode(self, k: int, maps, grid, coord: np.ndarray, cell: np.ndarray, offset=(0, 0)) -> np.ndarray:
@@ -81,8 +87,8 @@ class Pipeline:
         feeds = {"q": maps[0], "k": maps[1], "v": maps[2], "offset": np.asarray(offset, dtype=np.int32),
                  "size": np.array([gh, gw], dtype=np.float32), "rows": pixel_centres(gh),
                  "cols": pixel_centres(gw), "drow": neighbour_offsets(gh, r), "dcol": neighbour_offsets(gw, r),
-                 "coord": coord, "cell": cell}
-        return self.runner.run(self.manifest.graph("decoder", k).file, feeds)[0]
+                 "coord": coord[None], "cell": cell}
+        return self.runner.run(self._file("decoder", k), feeds)[0][0]
 
     def upscale(self, img: np.ndarray, scale=None, size=None, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
         """img (h, w, 3) float in [0, 1] -> (H, W, 3) float32, not clamped."""

@@ -136,7 +136,7 @@ def test_graph_interfaces_are_dynamic(golden_dir):
     specs = {(s.kind, s.branch): s for s in graph_specs(model)}
     assert set(specs) == {("encoder", 0), ("branch", 1), ("branch", 2), ("decoder", 0), ("decoder", 1), ("decoder", 2)}
     coord = dict((n, shape) for n, _, shape in specs[("decoder", 2)].inputs)["coord"]
-    assert coord == ("N", 2)
+    assert coord == (1, "N", 2)
     assert max_safe_queries(256, 3) * (49 * 256 + 2) < 2**31 <= (max_safe_queries(256, 3) + 1) * (49 * 256 + 2)
 
 
@@ -158,6 +158,8 @@ def test_cli_writes_manifest_with_parity(golden_dir, data_dir, tmp_path):
     assert results[("fp32", 2.0)]["status"] == "pass" and results[("fp32", 3.7)]["status"] == "pass"
     assert results[("fp32", 6.0)]["status"] == "skipped" and "1 branch" in results[("fp32", 6.0)]["reason"]
     assert results[("fp32", 2.0)]["max_abs_diff"] <= TOL
+    assert results[("fp16", 3.7)]["status"] == "pass" and results[("fp16", 3.7)]["psnr_vs_fp32"] >= 45
+    assert manifest["precisions"] == ["fp32", "fp16"]
     assert manifest["tensorrt_audit"]["findings"] == {"8.5": [], "8.6": [], "10": [], "11": []}
     assert oct(out.stat().st_mode & 0o777) == "0o755"
     load_manifest(out)  # the runtime accepts it
@@ -169,6 +171,7 @@ def test_cli_bad_inputs_leave_nothing_behind(golden_dir, tmp_path):
     cases = [
         ([junk, "-o", tmp_path / "a", "--no-parity"], "not a PyTorch checkpoint"),
         ([golden_dir / "edsr_lit_small.pth", "-o", tmp_path / "b", "--opset", "20"], "20 is refused"),
+        ([golden_dir / "edsr_lit_small.pth", "-o", tmp_path / "e", "--precision", "fp16"], "fp32 included"),
         ([golden_dir / "edsr_lit_small.pth", "-o", tmp_path / "c", "--opset", "18", "--check", "--no-parity"],
          "opset 18 is above TensorRT 8.5"),
     ]
@@ -212,3 +215,62 @@ def test_fp32_layers_cover_coordinates_encoding_and_softmax(golden_dir, tmp_path
         assert not any(ops[name] == "Gemm" and "imnets" in name for name in pinned)  # the MLP may be FP16
     branch = set(entries[("branch", 1)]["fp32_layers"])
     assert any("Floor" in name for name in branch) and not any("Conv" in name for name in branch)
+
+
+def test_fp16_variant_is_mixed_precision(golden_dir, tmp_path, rng):
+    from onnx import TensorProto
+
+    model = load_model(golden_dir / "edsr_clit2_small.pth")
+    entries = export_graphs(model, tmp_path, precisions=("fp32", "fp16"))
+    for entry in entries:
+        half = onnx.shape_inference.infer_shapes(onnx.load(str(tmp_path / entry["variants"]["fp16"]["file"])))
+        g = half.graph
+        types = {v.name: v.type.tensor_type.elem_type for v in list(g.value_info) + list(g.input) + list(g.output)}
+        types.update({i.name: i.data_type for i in g.initializer})
+        assert all(v.type.tensor_type.elem_type != TensorProto.FLOAT16 for v in list(g.input) + list(g.output))
+        if entry["kind"] != "decoder":
+            continue
+        weights = {i.name: i.data_type for i in g.initializer if "imnets" in i.name}
+        assert weights and set(weights.values()) == {TensorProto.FLOAT16}  # the MLP is FP16
+        for node in g.node:
+            if node.op_type in ("Sin", "Cos", "Softmax", "Round"):
+                assert types[node.input[0]] == TensorProto.FLOAT, node.name  # pinned layers read FP32
+    manifest = Manifest(tmp_path, {"format_version": FORMAT_VERSION, "n_branches": 2, "radius": 3, "graphs": entries})
+    runner = OnnxRuntimeRunner(manifest)
+    img = rng.random((12, 15, 3), dtype=np.float32)
+    full = Pipeline(manifest, runner).upscale(img, scale=6)
+    half = Pipeline(manifest, runner, precision="fp16").upscale(img, scale=6)
+    assert half.shape == full.shape and not np.array_equal(half, full)  # it really is another computation
+    from clit.runtime.metrics import psnr
+
+    assert psnr(np.clip(half, 0, 1), np.clip(full, 0, 1)) >= 45
+    with pytest.raises(ModelDirError, match="no int8 variant"):
+        Pipeline(manifest, runner, precision="int8")
+
+
+def test_swinir_exports_dynamic_and_tensorrt_clean(tmp_path, rng):
+    """SwinIR's shifted-window masks must follow the input size (no size baked in at trace
+    time), and no ScatterND/Mod may appear; 8.5 needs opset 16 (no LayerNormalization)."""
+    from test_model import small_model
+
+    swin = {"name": "swinir", "args": {"embed_dim": 12, "depths": [2], "num_heads": [3], "window_size": 4,
+                                       "img_size": 16, "drop_path_rate": 0.0}}
+    model = small_model(encoder_spec=swin)
+    for opset in (16, 17):
+        out = tmp_path / f"o{opset}"
+        out.mkdir()
+        graphs = export_graphs(model, out, opset=opset)
+        findings = {t: [f for g in graphs for f in audit_model(onnx.load(str(out / g["file"])), t)]
+                    for t in ("8.5", "8.6", "10")}
+        assert findings["8.6"] == [] and findings["10"] == []
+        assert {f.op for f in findings["8.5"]} == (set() if opset == 16 else {"LayerNormalization"})
+        manifest = Manifest(out, {"format_version": FORMAT_VERSION, "n_branches": 2, "radius": 3,
+                                  "window_size": 4, "graphs": graphs})
+        pipe = Pipeline(manifest, OnnxRuntimeRunner(manifest))
+        for h, w in [(13, 17), (7, 9), (20, 11)]:  # traced at 8x12
+            img = rng.random((h, w, 3), dtype=np.float32)
+            with torch.no_grad():
+                ref = model.upscale(torch.from_numpy(img.transpose(2, 0, 1).copy())[None], scale=5.5)
+            got = pipe.upscale(img, scale=5.5)
+            assert got.shape == (round(h * 5.5), round(w * 5.5), 3)
+            assert np.abs(got - ref[0].permute(1, 2, 0).numpy()).max() <= TOL

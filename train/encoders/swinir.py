@@ -62,18 +62,22 @@ def relative_position_index(ws: int) -> torch.Tensor:
     return rel[..., 0] * (2 * ws - 1) + rel[..., 1]
 
 
+def _region_labels(n: int, ws: int, shift: int) -> torch.Tensor:
+    """0 / 1 / 2 for the three bands of one axis: [0, n-ws), [n-ws, n-shift), [n-shift, n)."""
+    idx = torch.arange(n)
+    return (idx >= n - ws).to(torch.float32) + (idx >= n - shift).to(torch.float32)
+
+
 def shifted_window_mask(h: int, w: int, ws: int, shift: int) -> torch.Tensor:
-    """(nW, ws^2, ws^2) additive mask (0 / -100) for shifted-window attention on h x w."""
-    region = torch.zeros(1, h, w, 1)
-    bounds = (slice(0, -ws), slice(-ws, -shift), slice(-shift, None))
-    label = 0
-    for hs in bounds:
-        for wsl in bounds:
-            region[:, hs, wsl, :] = label
-            label += 1
-    win = window_partition(region, ws).squeeze(-1)
+    """(nW, ws^2, ws^2) additive mask (0 / -100) for shifted-window attention on h x w.
+
+    Written without in-place slice writes so that it traces to TensorRT-friendly ops for
+    any (dynamic) h and w; the values are the official ones (region label 3 * row band +
+    column band)."""
+    region = _region_labels(h, ws, shift)[:, None] * 3 + _region_labels(w, ws, shift)[None, :]
+    win = window_partition(region[None, :, :, None], ws).squeeze(-1)
     diff = win.unsqueeze(1) - win.unsqueeze(2)
-    return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
+    return torch.where(diff != 0, torch.tensor(-100.0), torch.tensor(0.0))
 
 
 class WindowAttention(nn.Module):
@@ -196,6 +200,7 @@ class SwinIR(nn.Module):
     ):
         super().__init__()
         self.window_size = window_size
+        self.pad_to_window = True  # the official reflect pad; export turns it off (see clit.export)
         self.out_dim = num_feat
         self.conv_first = nn.Conv2d(3, embed_dim, 3, 1, 1)
         self.patch_embed = PatchEmbed(embed_dim)
@@ -222,9 +227,10 @@ class SwinIR(nn.Module):
             nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        ws = self.window_size
-        x = F.pad(x, (0, (ws - w % ws) % ws, 0, (ws - h % ws) % ws), "reflect")
+        if self.pad_to_window:
+            h, w = x.shape[-2:]
+            ws = self.window_size
+            x = F.pad(x, (0, (ws - w % ws) % ws, 0, (ws - h % ws) % ws), "reflect")
         x = self.conv_first(x)
         size = (x.shape[2], x.shape[3])
         t = self.patch_embed(x)
