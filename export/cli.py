@@ -10,7 +10,10 @@ from pathlib import Path
 
 import click
 import numpy as np
+import torch
+
 from clit.runtime.geometry import CASCADE_DISCOUNT, NORM_MEAN, NORM_STD, STAGE_BASE
+from clit.runtime.images import read_rgb
 from clit.runtime.manifest import FORMAT_VERSION, MANIFEST, load_manifest
 from clit.runtime.metrics import psnr
 from clit.runtime.onnx_backend import OnnxRuntimeRunner
@@ -46,8 +49,6 @@ def default_parity_image() -> Path | None:
 
 def parity_input(image: Path | None) -> tuple[np.ndarray, str]:
     """A PARITY_LR-square crop (centre) of a real image, float32 (h, w, 3) in [0, 1]."""
-    from clit.runtime.images import read_rgb
-
     path = image or default_parity_image()
     if path is None:
         raise click.UsageError("no parity image: pass --image (../shared/data was not found)")
@@ -61,8 +62,6 @@ def parity_input(image: Path | None) -> tuple[np.ndarray, str]:
 def run_parity(model, manifest, img: np.ndarray, precisions) -> list[dict]:
     """FP32 ONNX Runtime pipeline vs the PyTorch model at PARITY_SCALES (max abs diff);
     FP16 (where exported) vs the FP32 pipeline (PSNR of the clamped images)."""
-    import torch
-
     runner = OnnxRuntimeRunner(manifest)
     pipes = {p: Pipeline(manifest, runner, precision=p) for p in precisions}
     lr = torch.from_numpy(img.transpose(2, 0, 1).copy())[None]

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+
 from clit.runtime.geometry import pixel_centres
 from clit.train.model import CLIT
 

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from clit.runtime.geometry import (
     coord_grid,
     nearest_index,

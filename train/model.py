@@ -24,6 +24,8 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from clit.runtime.geometry import (
     CASCADE_DISCOUNT,
     NORM_MEAN,
@@ -33,7 +35,6 @@ from clit.runtime.geometry import (
     pixel_centres,
     plan_cascade,
 )
-from torch import nn
 
 from .encoders import make_encoder
 
