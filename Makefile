@@ -14,11 +14,14 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 setup: $(VENV)/.installed
 
-# Upscales a sample image x6 with the torch backend.  Until the bundled default model
-# exists (see README, Status) this uses a small random-weight golden model from ../shared.
+# Exports a model once (out/model) and upscales a sample image x6 with ONNX Runtime.  Until
+# the bundled default model exists (see README, Status) this uses a small random-weight
+# golden model from ../shared.
+GOLDEN := ../shared/golden
 demo: setup
-	$(VENV)/bin/clit-infer ../shared/golden/edsr_clit2_small_lr.png \
-		--checkpoint ../shared/golden/edsr_clit2_small.pth --scale 6 -o $(OUT)/demo_x6.png --overwrite
+	test -d $(OUT)/model || $(VENV)/bin/clit-export $(GOLDEN)/edsr_clit2_small.pth -o $(OUT)/model --no-parity
+	$(VENV)/bin/clit-infer $(GOLDEN)/edsr_clit2_small_lr.png --model $(OUT)/model --scale 6 \
+		-o $(OUT)/demo_x6.png --overwrite
 	@echo "wrote $(OUT)/demo_x6.png"
 
 test: setup

@@ -28,8 +28,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from clit.train.model import CLIT
 from torch import nn
+
+from clit.train.model import CLIT
 
 FP32_SCOPES = ("axis", "neighbours", "bias", "softmax")
 

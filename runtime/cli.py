@@ -1,8 +1,9 @@
 """``clit-infer``: upscale images by any factor.
 
-Thin for now: only the ``torch`` reference backend exists (PyTorch imported lazily, so this
-module stays torch-free).  The ONNX Runtime / TensorRT backends, tiling and the bundled
-default model are later work (see README, "Status").
+Backends: ``onnxruntime`` (a model directory from ``clit-export``) and ``torch`` (the
+PyTorch reference, imported lazily, so this module stays torch-free).  Not yet: TensorRT,
+encoder tiling for bounded memory, grayscale/alpha/16-bit inputs on the command line, and
+the bundled default model (see README, "Status").
 """
 
 from __future__ import annotations
@@ -12,12 +13,10 @@ import sys
 from pathlib import Path
 
 import click
-import numpy as np
 from tqdm import tqdm
 
+from .engines import BACKENDS, PRECISIONS, make_engine
 from .images import ImageError, read_rgb, write_image
-
-BACKENDS = ("torch",)
 
 
 def parse_scale(text: str) -> float | tuple[float, float]:
@@ -50,59 +49,43 @@ def output_paths(inputs: list[Path], out: Path) -> list[Path]:
     return [out / f"{p.stem}.png" for p in inputs]
 
 
-class TorchUpscaler:
-    """The PyTorch reference model behind the runtime's array interface."""
-
-    def __init__(self, checkpoint: Path, device: str, chunk: int):
-        try:
-            import torch  # noqa: F401  (lazy: the runtime is torch-free)
-        except ImportError:
-            raise click.UsageError("the torch backend needs PyTorch: pip install 'clit[train]'") from None
-        from clit.train import CheckpointError, load_model
-
-        try:
-            self.model = load_model(checkpoint, device=device)
-        except CheckpointError as exc:
-            raise click.UsageError(str(exc)) from None
-        self.device, self.chunk = device, chunk
-
-    def upscale(self, img: np.ndarray, scale=None, size=None) -> np.ndarray:
-        import torch
-
-        lr = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None].to(self.device)
-        out = self.model.upscale(lr, scale=scale, size=size, chunk=self.chunk)
-        return out[0].permute(1, 2, 0).cpu().numpy()
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
               help="Output file (one input) or folder (several inputs).")
 @click.option("--scale", help="Scale factor, e.g. 3.7, or anisotropic SHxSW, e.g. 2x3.")
 @click.option("--size", help="Exact output size WxH, e.g. 1920x1080 (instead of --scale).")
-@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
-              help="CLIT checkpoint (.pth, official or ours).")
-@click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True,
-              help="Inference backend (only the PyTorch reference exists so far).")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path),
+              help="Model directory made by clit-export (ONNX graphs + manifest.json).")
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="CLIT checkpoint (.pth, official or ours).")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help="auto: onnxruntime for --model, torch for --checkpoint.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+              help="Graph precision for onnxruntime (auto: fp16 on a GPU provider, fp32 on the CPU).")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
 @click.option("--chunk", type=click.IntRange(min=1), default=30000, show_default=True,
               help="Queries evaluated at once; bounds memory, does not change the result.")
 @click.option("--bit-depth", type=click.Choice(["8", "16"]), default="8", show_default=True,
               help="Output bits per channel (16 writes a 48-bit PNG).")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
-def main(inputs, out, scale, size, checkpoint, backend, device, chunk, bit_depth, overwrite):
+def main(inputs, out, scale, size, model_dir, checkpoint, backend, precision, device, chunk, bit_depth, overwrite):
     """Upscale INPUT images by any factor with a CLIT model.
 
     \b
     Examples:
-      clit-infer photo.png --checkpoint model.pth --scale 3.7 -o photo_x3.7.png
+      clit-infer photo.png --model MODEL_DIR --scale 3.7 -o photo_x3.7.png
       clit-infer a.png b.jpg --checkpoint model.pth --size 1920x1080 -o out/
     """
     if (scale is None) == (size is None):
         raise click.UsageError("give exactly one of --scale or --size")
     scale_v = parse_scale(scale) if scale is not None else None
     size_v = parse_size(size) if size is not None else None
-    upscaler = TorchUpscaler(checkpoint, device, chunk)
+    try:
+        engine = make_engine(backend, model_dir=model_dir, checkpoint=checkpoint, precision=precision,
+                             chunk=chunk, device=device)
+    except (ValueError, RuntimeError) as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(f"backend: {engine.name}", err=True)
     targets = output_paths(list(inputs), out)
     failed = 0
     for src, dst in tqdm(list(zip(inputs, targets)), desc="images", unit="img", disable=len(inputs) < 2):
@@ -110,7 +93,7 @@ def main(inputs, out, scale, size, checkpoint, backend, device, chunk, bit_depth
             if dst.exists() and not overwrite:
                 raise ImageError(f"output {dst} exists (use --overwrite)")
             img = read_rgb(src)
-            result = upscaler.upscale(img, scale=scale_v, size=size_v)
+            result = engine.upscale(img, scale=scale_v, size=size_v)
             write_image(dst, result, bit_depth=int(bit_depth))
         except (ImageError, ValueError) as exc:
             failed += 1
