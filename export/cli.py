@@ -20,7 +20,7 @@ from clit.runtime.onnx_backend import OnnxRuntimeRunner
 from clit.runtime.pipeline import DEFAULT_CHUNK, Pipeline
 
 from .audit import TARGETS, audit_file
-from .onnx_export import OPSET_DEFAULT, OPSETS_ALLOWED, PRECISIONS, export_graphs, sha256_file
+from .onnx_export import OPSET_DEFAULT, OPSETS_ALLOWED, PRECISIONS, encoder_halo, export_graphs, sha256_file
 
 PARITY_SCALES = (2.0, 3.7, 6.0, 12.0)
 PARITY_TOL_FP32 = 1e-4
@@ -100,6 +100,7 @@ def build_manifest(ckpt_path: Path, args: dict, model, graphs: list[dict], opset
         "base_dim": model.dim,
         "heads": model.head,
         "window_size": model.window_size,
+        "encoder_halo": encoder_halo(model),  # LR context per side for exact tiles; 0 = run whole
         "stage_base": STAGE_BASE,
         "cascade_discount": CASCADE_DISCOUNT,
         "normalisation": {"input": f"(x - {NORM_MEAN}) / {NORM_STD}", "output": f"y * {NORM_STD} + {NORM_MEAN}"},

@@ -8,9 +8,10 @@ graph *inputs* that the runtime builds with that module, so no coordinate consta
 in and the same graph serves every size.
 
 * :class:`EncoderGraph` ``image (1,3,H,W) in [0,1] -> feat, q, k, v`` (branch 1's maps).
-* :class:`BranchGraph` (branch k >= 2) ``feat (1,C,h,w), size (2,) float (h, w), rows (Hw,),
-  cols (Ww,) -> q, k, v`` for the window of the intermediate grid whose pixel-centre
-  coordinates are ``rows x cols``.  The 3x3 convs zero-pad at the window edge, so the
+* :class:`BranchGraph` (branch k >= 2) ``feat window (1,C,hf,wf), offset (2,) int32 (its
+  origin in the LR feature map), size (2,) float (LR h, w), rows (Hw,), cols (Ww,) -> q, k,
+  v`` for the window of the intermediate grid whose pixel-centre coordinates are
+  ``rows x cols``.  The 3x3 convs zero-pad at the window edge, so the
   runtime asks for one extra pixel of halo on every side that is not an image border.
 * :class:`DecoderGraph` ``q, k, v window (1,C,hq,wq), offset (2,) int32 (window origin in
   the branch map), size (2,) float (branch map h, w), rows (h,), cols (w,), drow (2r+1,),
@@ -156,9 +157,8 @@ class BranchGraph(nn.Module):
         self.model, self.k = model, k
         self.sample = Bilinear()
 
-    def forward(self, feat: torch.Tensor, size: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor):
-        zero = torch.tensor(0, dtype=torch.int32)
-        x_in = self.sample(feat[0], rows.unsqueeze(1), cols.unsqueeze(0), size[0], size[1], zero, zero)
+    def forward(self, feat, offset, size, rows, cols):
+        x_in = self.sample(feat[0], rows.unsqueeze(1), cols.unsqueeze(0), size[0], size[1], offset[0], offset[1])
         return self.model.branch_maps(x_in.permute(2, 0, 1).unsqueeze(0), self.k)
 
 

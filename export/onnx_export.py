@@ -70,6 +70,19 @@ def _export(module, args, path: Path, spec: GraphSpec, opset: int) -> None:
         )
 
 
+def encoder_halo(model: CLIT) -> int:
+    """LR pixels of context the encoder graph's outputs need on every side: the summed
+    radius of every convolution on the way (encoder, conv_ch, and branch 1's q/k/v convs).
+    Exact for the sequential EDSR and the densely connected RDN (whose longest path runs
+    through every conv); 0 for encoders that cannot be tiled exactly (SwinIR's windows
+    depend on the whole image), which the runtime then runs whole."""
+    if model.window_size > 1:
+        return 0
+    convs = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Conv2d)]  # EDSR's MeanShifts are 1x1
+    radius = sum((c.kernel_size[0] - 1) // 2 * c.dilation[0] for c in convs)
+    return radius + 1 + 1  # conv_ch, then the q/k/v convs
+
+
 def graph_specs(model: CLIT) -> list[GraphSpec]:
     """The graphs of a model and their interfaces (what the manifest records)."""
     c, side = model.dim, 2 * model.r + 1
@@ -79,7 +92,7 @@ def graph_specs(model: CLIT) -> list[GraphSpec]:
     for k in range(1, model.n_branches):
         specs.append(GraphSpec(
             "branch", k, f"branch{k + 1}.onnx",
-            (("feat", "float32", (1, c, "H", "W")), ("size", "float32", (2,)),
+            (("feat", "float32", (1, c, "hf", "wf")), ("offset", "int32", (2,)), ("size", "float32", (2,)),
              ("rows", "float32", ("Hw",)), ("cols", "float32", ("Ww",))),
             tuple(maps("Hw", "Ww")),
         ))
@@ -104,7 +117,8 @@ def _example_inputs(model: CLIT, spec: GraphSpec) -> tuple:
         ws = model.window_size  # SwinIR encoders take window multiples only (see _runtime_pads_input)
         return (torch.rand(1, 3, 13 if ws == 1 else 2 * ws, 17 if ws == 1 else 3 * ws, generator=g),)
     if spec.kind == "branch":
-        return (torch.rand(1, c, 11, 15, generator=g), torch.tensor([11.0, 15.0]),
+        return (torch.rand(1, c, 11, 15, generator=g), torch.tensor([2, 3], dtype=torch.int32),
+                torch.tensor([17.0, 19.0]),
                 torch.from_numpy(pixel_centres(23)), torch.from_numpy(pixel_centres(29)))
     h, w = 19, 21
     steps = np.arange(-r, r + 1, dtype=np.float32)

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from .engines import BACKENDS, PRECISIONS, make_engine
 from .images import ImageError, read_rgb, write_image
+from .pipeline import DEFAULT_CHUNK
 
 
 def parse_scale(text: str) -> float | tuple[float, float]:
@@ -63,12 +64,16 @@ def output_paths(inputs: list[Path], out: Path) -> list[Path]:
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="Graph precision for onnxruntime (auto: fp16 on a GPU provider, fp32 on the CPU).")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
-@click.option("--chunk", type=click.IntRange(min=1), default=30000, show_default=True,
+@click.option("--chunk", type=click.IntRange(min=1), default=DEFAULT_CHUNK, show_default=True,
               help="Queries evaluated at once; bounds memory, does not change the result.")
+@click.option("--tile", type=click.IntRange(min=1), default=None,
+              help="Evaluate in tiles of this many LR pixels per side (onnxruntime): memory follows the tile, "
+                   "not the image; the result is the same.  Default: the whole image at once.")
 @click.option("--bit-depth", type=click.Choice(["8", "16"]), default="8", show_default=True,
               help="Output bits per channel (16 writes a 48-bit PNG).")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
-def main(inputs, out, scale, size, model_dir, checkpoint, backend, precision, device, chunk, bit_depth, overwrite):
+def main(inputs, out, scale, size, model_dir, checkpoint, backend, precision, device, chunk, tile, bit_depth,
+         overwrite):
     """Upscale INPUT images by any factor with a CLIT model.
 
     \b
@@ -82,7 +87,7 @@ def main(inputs, out, scale, size, model_dir, checkpoint, backend, precision, de
     size_v = parse_size(size) if size is not None else None
     try:
         engine = make_engine(backend, model_dir=model_dir, checkpoint=checkpoint, precision=precision,
-                             chunk=chunk, device=device)
+                             chunk=chunk, device=device, tile=tile)
     except (ValueError, RuntimeError) as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(f"backend: {engine.name}", err=True)

@@ -34,7 +34,8 @@ class Engine(Protocol):
 class OnnxEngine:
     """ONNX Runtime over a model directory."""
 
-    def __init__(self, model_dir: Path, precision: str = "auto", chunk: int = DEFAULT_CHUNK, threads: int = 0):
+    def __init__(self, model_dir: Path, precision: str = "auto", chunk: int = DEFAULT_CHUNK, threads: int = 0,
+                 tile: int | None = None):
         import onnxruntime as ort
 
         manifest = load_manifest(model_dir)
@@ -44,11 +45,11 @@ class OnnxEngine:
             precision = "fp16" if gpu and "fp16" in manifest.data.get("precisions", []) else "fp32"
         self.pipeline = Pipeline(manifest, OnnxRuntimeRunner(manifest, providers=providers, threads=threads),
                                  precision=precision)
-        self.chunk = chunk
+        self.chunk, self.tile = chunk, tile
         self.name = f"onnxruntime-{'cuda' if gpu else 'cpu'} {precision}"
 
     def upscale(self, img, scale=None, size=None):
-        return self.pipeline.upscale(img, scale=scale, size=size, chunk=self.chunk)
+        return self.pipeline.upscale(img, scale=scale, size=size, chunk=self.chunk, tile=self.tile)
 
 
 class TorchEngine:
@@ -74,9 +75,11 @@ class TorchEngine:
 
 
 def make_engine(backend: str = "auto", model_dir: Path | None = None, checkpoint: Path | None = None,
-                precision: str = "auto", chunk: int = DEFAULT_CHUNK, device: str = "cpu") -> Engine:
+                precision: str = "auto", chunk: int = DEFAULT_CHUNK, device: str = "cpu",
+                tile: int | None = None) -> Engine:
     """The engine for ``backend``: ``auto`` picks onnxruntime for a model directory and
-    torch for a checkpoint.  Raises ``ValueError`` for impossible combinations."""
+    torch for a checkpoint.  ``tile`` (LR pixels, onnxruntime only) evaluates the output in
+    tiles with bounded memory.  Raises ``ValueError`` for impossible combinations."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r} (one of {', '.join(BACKENDS)})")
     if precision not in PRECISIONS:
@@ -88,9 +91,11 @@ def make_engine(backend: str = "auto", model_dir: Path | None = None, checkpoint
     if backend == "onnxruntime":
         if model_dir is None:
             raise ValueError("the onnxruntime backend needs a model directory (clit-export makes one)")
-        return OnnxEngine(Path(model_dir), precision=precision, chunk=chunk)
+        return OnnxEngine(Path(model_dir), precision=precision, chunk=chunk, tile=tile)
     if checkpoint is None:
         raise ValueError("the torch backend needs a checkpoint (.pth)")
     if precision == "fp16":
         raise ValueError("the torch backend runs in fp32 only")
+    if tile is not None:
+        raise ValueError("tiling (--tile) is done by the onnxruntime backend; the torch reference runs whole")
     return TorchEngine(Path(checkpoint), device=device, chunk=chunk)

@@ -48,6 +48,11 @@ class Manifest:
         return int(self.data["radius"])
 
     @property
+    def encoder_halo(self) -> int:
+        """LR context per side the encoder needs for exact tiles (0: cannot tile, run whole)."""
+        return int(self.data.get("encoder_halo", 0))
+
+    @property
     def window_size(self) -> int:
         return int(self.data.get("window_size", 1))
 

@@ -1,8 +1,9 @@
 """The numpy upscaling pipeline shared by every graph backend (no torch).
 
-plan the cascade -> encoder -> per branch: q/k/v maps (branch graph for k >= 2) -> decoder
-over the output grid in chunks of N queries -> ``acc_k = r_k + 0.75 acc_(k-1)`` -> + the
-bilinear (border) skip of the normalised input -> de-normalise.  The output is NOT clamped.
+plan the cascade -> per output tile: encoder on the tile's LR window (+ halo) -> per branch:
+q/k/v maps of the tile's window of its grid (branch graph for k >= 2) -> decoder over the
+tile's queries in chunks of N -> ``acc_k = r_k + 0.75 acc_(k-1)`` -> + the bilinear
+(border) skip of the normalised input -> de-normalise.  The output is NOT clamped.
 
 A backend is anything with ``run(file, feeds) -> list[np.ndarray]`` for the graph files the
 manifest lists (see :mod:`clit.runtime.onnx_backend`).
@@ -16,8 +17,9 @@ import numpy as np
 
 from .geometry import CASCADE_DISCOUNT, NORM_MEAN, NORM_STD, CascadePlan, pixel_centres, plan_cascade, unnormalize
 from .manifest import Manifest
+from .tiling import Span, bilinear_span, centres, grow, neighbourhood_span, tile_spans, union
 
-DEFAULT_CHUNK = 30000
+DEFAULT_CHUNK = 8192  # queries per decoder run: ONNX Runtime keeps each session's peak (benchmarks/memory.py)
 
 
 class GraphRunner(Protocol):
@@ -63,21 +65,20 @@ class Pipeline:
         """image (1, 3, h, w) float32 in [0, 1] -> feat, q, k, v."""
         return self.runner.run(self._file("encoder"), {"image": image})
 
-    def branch_maps(self, feat: np.ndarray, k: int, grid: tuple[int, int],
-                    rows: slice = slice(None), cols: slice = slice(None)) -> list[np.ndarray]:
-        """q, k, v of branch ``k`` >= 1 on ``grid``, or on the window ``rows x cols`` of it.
-
-        The 3x3 convs see zeros beyond the window, so a window is computed with one pixel
-        of halo on every side that is not an image border and cropped: windowed and whole
+    def branch_maps(self, feat: np.ndarray, feat_origin, k: int, grid: tuple[int, int], lr_size,
+                    rows: Span, cols: Span) -> list[np.ndarray]:
+        """q, k, v of branch ``k`` >= 1 on the window ``rows x cols`` of its ``grid``, from a
+        window of the LR features whose top-left is ``feat_origin`` of the LR map (size
+        ``lr_size``).  The 3x3 convs see zeros beyond the window, so it is computed with one
+        pixel of halo on every side that is not a grid border and cropped: windowed and whole
         results are identical."""
         gh, gw = grid
-        r0, r1, _ = rows.indices(gh)
-        c0, c1, _ = cols.indices(gw)
-        h0, h1, w0, w1 = max(r0 - 1, 0), min(r1 + 1, gh), max(c0 - 1, 0), min(c1 + 1, gw)
-        feeds = {"feat": feat, "size": np.array(feat.shape[2:], dtype=np.float32),
+        (h0, h1), (w0, w1) = grow(rows, 1, gh), grow(cols, 1, gw)
+        feeds = {"feat": feat, "offset": np.asarray(feat_origin, dtype=np.int32),
+                 "size": np.asarray(lr_size, dtype=np.float32),
                  "rows": pixel_centres(gh)[h0:h1], "cols": pixel_centres(gw)[w0:w1]}
         maps = self.runner.run(self._file("branch", k), feeds)
-        return [np.ascontiguousarray(m[:, :, r0 - h0:r1 - h0, c0 - w0:c1 - w0]) for m in maps]
+        return [np.ascontiguousarray(m[:, :, rows[0] - h0:rows[1] - h0, cols[0] - w0:cols[1] - w0]) for m in maps]
 
     def decode(self, k: int, maps, grid, coord: np.ndarray, cell: np.ndarray, offset=(0, 0)) -> np.ndarray:
         """Residual (N, 3) of branch ``k`` at ``coord`` (N, 2) from (a window of) its maps
@@ -90,12 +91,21 @@ class Pipeline:
                  "coord": coord[None], "cell": cell}
         return self.runner.run(self._file("decoder", k), feeds)[0][0]
 
-    def upscale(self, img: np.ndarray, scale=None, size=None, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
-        """img (h, w, 3) float in [0, 1] -> (H, W, 3) float32, not clamped."""
+    def upscale(self, img: np.ndarray, scale=None, size=None, chunk: int = DEFAULT_CHUNK,
+                tile: int | None = None) -> np.ndarray:
+        """img (h, w, 3) float in [0, 1] -> (H, W, 3) float32, not clamped.
+
+        ``tile`` (LR pixels) evaluates the output in tiles: the encoder runs on each tile's
+        LR window plus the manifest's ``encoder_halo`` and the branch maps on each tile's
+        window of their grids, so memory follows the tile and ``chunk``, not the image; the
+        result equals the untiled one.  Encoders that cannot be tiled exactly (halo 0:
+        SwinIR) run once on the whole image, with the branch maps still per tile."""
         if img.ndim != 3 or img.shape[2] != 3:
             raise ValueError(f"image must be (h, w, 3), got {img.shape}")
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
+        if tile is not None and tile < 1:
+            raise ValueError(f"tile must be >= 1, got {tile}")
         h, w = img.shape[:2]
         plan = self.plan((h, w), scale=scale, size=size)
         x = np.ascontiguousarray(img.transpose(2, 0, 1)[None], dtype=np.float32)
@@ -105,31 +115,54 @@ class Pipeline:
             ph, pw = (h // ws + 1) * ws, (w // ws + 1) * ws
             x = np.concatenate([x, x[:, :, ::-1]], 2)[:, :, :ph]
             x = np.ascontiguousarray(np.concatenate([x, x[:, :, :, ::-1]], 3)[:, :, :, :pw])
-            out = self._run_plan(x, self.plan((ph, pw), scale=scale), chunk)
+            out = self._run_plan(x, self.plan((ph, pw), scale=scale), chunk, tile)
             return out[: plan.out_size[0], : plan.out_size[1]]
-        return self._run_plan(x, plan, chunk)
+        return self._run_plan(x, plan, chunk, tile)
 
-    def _run_plan(self, x: np.ndarray, plan: CascadePlan, chunk: int) -> np.ndarray:
-        out_h, out_w = plan.out_size
-        n = out_h * out_w
-        rows, cols = pixel_centres(out_h), pixel_centres(out_w)
-        cell = plan.cell
+    def _run_plan(self, x: np.ndarray, plan: CascadePlan, chunk: int, tile: int | None) -> np.ndarray:
+        (out_h, out_w), (h, w) = plan.out_size, plan.lr_size
+        whole = self.encode(x) if tile is None or self.manifest.encoder_halo == 0 else None
+        x_norm = (x[0] - np.float32(NORM_MEAN)) / np.float32(NORM_STD)
+        out = np.empty((out_h, out_w, 3), dtype=np.float32)
+        for ys in tile_spans(out_h, h, tile):
+            for xs in tile_spans(out_w, w, tile):
+                out[ys[0]:ys[1], xs[0]:xs[1]] = self._tile(x, x_norm, plan, ys, xs, chunk, whole)
+        return out * np.float32(NORM_STD) + np.float32(NORM_MEAN)
 
-        def coords(start: int, stop: int) -> np.ndarray:
-            idx = np.arange(start, stop)
-            return np.stack([rows[idx // out_w], cols[idx % out_w]], -1)
+    def _tile(self, x, x_norm, plan: CascadePlan, ys: Span, xs: Span, chunk: int, whole) -> np.ndarray:
+        """The normalised prediction (acc + skip) of the output tile ``ys x xs``."""
+        (out_h, out_w), (h, w) = plan.out_size, plan.lr_size
+        radius = self.manifest.radius
+        rows, cols = centres(out_h, ys), centres(out_w, xs)
+        windows, need_y, need_x = [], None, None
+        for k, (gh, gw) in enumerate(plan.grids):
+            gy, gx = neighbourhood_span(rows, gh, radius), neighbourhood_span(cols, gw, radius)
+            windows.append((gy, gx))
+            if k == 0:
+                need_y, need_x = union(need_y, gy), union(need_x, gx)
+            else:  # the branch convs' halo, then the bilinear resample from the LR features
+                need_y = union(need_y, bilinear_span(centres(gh, grow(gy, 1, gh)), h))
+                need_x = union(need_x, bilinear_span(centres(gw, grow(gx, 1, gw)), w))
+        if whole is not None:
+            (feat, *maps0), origin = whole, (0, 0)
+        else:
+            halo = self.manifest.encoder_halo
+            (y0, y1), (x0, x1) = grow(need_y, halo, h), grow(need_x, halo, w)
+            (feat, *maps0), origin = self.encode(np.ascontiguousarray(x[:, :, y0:y1, x0:x1])), (y0, x0)
 
-        feat, *maps0 = self.encode(x)
+        grid_y, grid_x = np.meshgrid(rows, cols, indexing="ij")
+        coord = np.stack([grid_y.ravel(), grid_x.ravel()], -1)
+        n = coord.shape[0]
         acc = np.empty((n, 3), dtype=np.float32)
         for k, grid in enumerate(plan.grids):
-            maps = maps0 if k == 0 else self.branch_maps(feat, k, grid)
+            gy, gx = windows[k]
+            if k == 0:
+                maps, offset = maps0, origin
+            else:
+                maps, offset = self.branch_maps(feat, origin, k, grid, (h, w), gy, gx), (gy[0], gx[0])
             for start in range(0, n, chunk):
                 stop = min(start + chunk, n)
-                res = self.decode(k, maps, grid, coords(start, stop), cell)
+                res = self.decode(k, maps, grid, coord[start:stop], plan.cell, offset)
                 acc[start:stop] = res if k == 0 else res + acc[start:stop] * np.float32(CASCADE_DISCOUNT)
-        x_norm = (x[0] - np.float32(NORM_MEAN)) / np.float32(NORM_STD)
-        for start in range(0, n, chunk):
-            stop = min(start + chunk, n)
-            c = coords(start, stop)
-            acc[start:stop] += bilinear_border(x_norm, c[:, 0], c[:, 1])
-        return (acc * np.float32(NORM_STD) + np.float32(NORM_MEAN)).reshape(out_h, out_w, 3)
+        acc += bilinear_border(x_norm, coord[:, 0], coord[:, 1])
+        return acc.reshape(ys[1] - ys[0], xs[1] - xs[0], 3)

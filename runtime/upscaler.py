@@ -24,13 +24,13 @@ class Upscaler:
     """
 
     def __init__(self, model_dir=None, backend: str = "auto", precision: str = "auto", *,
-                 checkpoint=None, chunk: int = DEFAULT_CHUNK, device: str = "cpu"):
+                 checkpoint=None, chunk: int = DEFAULT_CHUNK, tile: int | None = None, device: str = "cpu"):
         if model_dir is None and checkpoint is None:
             raise ValueError("no model: pass model_dir (made by clit-export) or checkpoint= "
                              "(the bundled default model does not exist yet)")
         self.engine = make_engine(backend, model_dir=None if model_dir is None else Path(model_dir),
                                   checkpoint=None if checkpoint is None else Path(checkpoint),
-                                  precision=precision, chunk=chunk, device=device)
+                                  precision=precision, chunk=chunk, device=device, tile=tile)
 
     @property
     def backend(self) -> str:

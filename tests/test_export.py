@@ -16,7 +16,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 from clit.export.audit import audit_model  # noqa: E402
 from clit.export.cli import max_safe_queries  # noqa: E402
-from clit.export.onnx_export import export_graphs, graph_specs  # noqa: E402
+from clit.export.onnx_export import encoder_halo, export_graphs, graph_specs  # noqa: E402
 from clit.runtime.geometry import coord_grid, plan_cascade  # noqa: E402
 from clit.runtime.manifest import FORMAT_VERSION, Manifest, ModelDirError, load_manifest  # noqa: E402
 from clit.runtime.onnx_backend import OnnxRuntimeRunner  # noqa: E402
@@ -37,7 +37,8 @@ def exported(tmp_path_factory):
             out = tmp_path_factory.mktemp(name)
             graphs = export_graphs(model, out)
             manifest = Manifest(out, {"format_version": FORMAT_VERSION, "n_branches": model.n_branches,
-                                      "radius": model.r, "window_size": model.window_size, "graphs": graphs})
+                                      "radius": model.r, "window_size": model.window_size,
+                                      "encoder_halo": encoder_halo(model), "graphs": graphs})
             cache[name] = (model, Pipeline(manifest, OnnxRuntimeRunner(manifest)))
         return cache[name]
 
@@ -79,7 +80,7 @@ def test_decoder_query_counts(golden_dir, exported, rng, n):
     coord = rng.uniform(-1, 1, (n, 2)).astype(np.float32)
     coord[0] = (-1 + 1e-6, 1 - 1e-6) if n > 0 else coord[0]  # a corner query
     for k, grid in enumerate(plan.grids):
-        maps = maps0 if k == 0 else pipe.branch_maps(feat, k, grid)
+        maps = maps0 if k == 0 else pipe.branch_maps(feat, (0, 0), k, grid, (11, 13), (0, grid[0]), (0, grid[1]))
         res = pipe.decode(k, maps, grid, coord, plan.cell)
         with torch.no_grad():
             x = torch.from_numpy(feat) if k == 0 else model.branch_input(torch.from_numpy(feat), grid)
@@ -94,15 +95,19 @@ def test_windowed_branch_maps_and_decoder_equal_whole(golden_dir, exported, rng)
     plan = plan_cascade((9, 10), scale=12)
     grid = plan.grids[1]  # 36 x 40
     feat, *_ = pipe.encode(img.transpose(2, 0, 1)[None].copy())
-    whole = pipe.branch_maps(feat, 1, grid)
-    for rows, cols in [(slice(0, 7), slice(0, 9)), (slice(30, 36), slice(33, 40)), (slice(11, 23), slice(5, 31))]:
-        win = pipe.branch_maps(feat, 1, grid, rows, cols)
-        for a, b in zip(win, whole):
-            assert a.shape[2:] == (rows.stop - rows.start, cols.stop - cols.start)
-            assert np.abs(a - b[:, :, rows, cols]).max() <= 1e-6
+    whole = pipe.branch_maps(feat, (0, 0), 1, grid, (9, 10), (0, 36), (0, 40))
+    for rows, cols in [((0, 7), (0, 9)), ((30, 36), (33, 40)), ((11, 23), (5, 31))]:
+        win = pipe.branch_maps(feat, (0, 0), 1, grid, (9, 10), rows, cols)
+        # the same window from a window of the LR features (origin 1, 2) that covers it
+        covered = rows[0] >= 7 and cols[0] >= 11  # its bilinear sources lie inside the feature window
+        part = pipe.branch_maps(feat[:, :, 1:, 2:], (1, 2), 1, grid, (9, 10), rows, cols) if covered else win
+        for a, b, c in zip(win, whole, part):
+            assert a.shape[2:] == (rows[1] - rows[0], cols[1] - cols[0])
+            assert np.abs(a - b[:, :, rows[0]:rows[1], cols[0]:cols[1]]).max() <= 1e-6
+            assert np.abs(c - a).max() <= 1e-6
     # decoder on a window + offset == decoder on the whole map, for queries inside it
-    rows, cols = slice(10, 30), slice(6, 33)
-    win = pipe.branch_maps(feat, 1, grid, rows, cols)
+    rows, cols = (10, 30), (6, 33)
+    win = pipe.branch_maps(feat, (0, 0), 1, grid, (9, 10), rows, cols)
     out = coord_grid(*plan.out_size)
     y0, x0 = (10 + 3 + 1) * 3, (6 + 3 + 1) * 3  # output pixels whose 7x7 neighbourhood stays inside
     coord = out[y0:y0 + 15, x0:x0 + 20].reshape(-1, 2)
@@ -151,6 +156,7 @@ def test_cli_writes_manifest_with_parity(golden_dir, data_dir, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["format_version"] == FORMAT_VERSION and manifest["n_branches"] == 1
     assert manifest["stage_base"] == 4 and manifest["cascade_discount"] == 0.75
+    assert manifest["encoder_halo"] == 8  # 2 residual blocks: head + 4 + body conv + conv_ch + q/k/v
     assert manifest["source"]["sha256"] == hashlib.sha256((golden_dir / "edsr_lit_small.pth").read_bytes()).hexdigest()
     for g in manifest["graphs"]:
         assert hashlib.sha256((out / g["file"]).read_bytes()).hexdigest() == g["sha256"]
@@ -217,6 +223,19 @@ def test_fp32_layers_cover_coordinates_encoding_and_softmax(golden_dir, tmp_path
     assert any("Floor" in name for name in branch) and not any("Conv" in name for name in branch)
 
 
+@pytest.mark.parametrize("name, scale, tile", [("edsr_clit3_small", 18, 5), ("edsr_clit2_small", 2.5, 7),
+                                               ("edsr_clit2_small", 12, 4), ("rdn_clit2_small", 6, 9)])
+def test_tiled_equals_untiled(golden_dir, exported, name, scale, tile):
+    """Tiles that do not divide the image, with borders and corners inside the image: the
+    encoder runs per tile (LR window + halo) and the branch maps per tile window."""
+    _, pipe = exported(golden_dir, name)
+    img = np.load(golden_dir / f"{name}.npz")["lr"][0].transpose(1, 2, 0)
+    whole = pipe.upscale(img, scale=scale)
+    tiled = pipe.upscale(img, scale=scale, tile=tile, chunk=777)
+    assert tiled.shape == whole.shape and np.isfinite(tiled).all()
+    assert np.abs(tiled - whole).max() <= 1e-5
+
+
 def test_fp16_variant_is_mixed_precision(golden_dir, tmp_path, rng):
     from onnx import TensorProto
 
@@ -265,7 +284,8 @@ def test_swinir_exports_dynamic_and_tensorrt_clean(tmp_path, rng):
         assert findings["8.6"] == [] and findings["10"] == []
         assert {f.op for f in findings["8.5"]} == (set() if opset == 16 else {"LayerNormalization"})
         manifest = Manifest(out, {"format_version": FORMAT_VERSION, "n_branches": 2, "radius": 3,
-                                  "window_size": 4, "graphs": graphs})
+                                  "window_size": 4, "encoder_halo": encoder_halo(model), "graphs": graphs})
+        assert encoder_halo(model) == 0  # SwinIR cannot be tiled exactly: the encoder runs whole
         pipe = Pipeline(manifest, OnnxRuntimeRunner(manifest))
         for h, w in [(13, 17), (7, 9), (20, 11)]:  # traced at 8x12
             img = rng.random((h, w, 3), dtype=np.float32)
@@ -274,3 +294,4 @@ def test_swinir_exports_dynamic_and_tensorrt_clean(tmp_path, rng):
             got = pipe.upscale(img, scale=5.5)
             assert got.shape == (round(h * 5.5), round(w * 5.5), 3)
             assert np.abs(got - ref[0].permute(1, 2, 0).numpy()).max() <= TOL
+            assert np.abs(pipe.upscale(img, scale=5.5, tile=4) - got).max() <= 1e-5  # branch maps per tile

@@ -27,11 +27,12 @@ def model_dir(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("scale", [2.5, 12])
-def test_cli_onnxruntime_reproduces_golden_16bit(golden_dir, model_dir, tmp_path, scale):
+@pytest.mark.parametrize("scale, tile", [(2.5, None), (12, 6)])
+def test_cli_onnxruntime_reproduces_golden_16bit(golden_dir, model_dir, tmp_path, scale, tile):
     out = tmp_path / "o.png"
     done = infer(golden_dir / "edsr_clit2_small_lr.png", "--model", model_dir, "--backend", "onnxruntime",
-                 "--precision", "fp32", "--scale", scale, "--bit-depth", 16, "-o", out)
+                 "--precision", "fp32", "--scale", scale, "--bit-depth", 16, "-o", out,
+                 *(["--tile", tile] if tile else []))
     assert done.returncode == 0, done.stderr
     assert "backend: onnxruntime-cpu fp32" in done.stderr
     ref = np.clip(np.load(golden_dir / "edsr_clit2_small.npz")[f"s{scale_key(scale)}"], 0, 1)
