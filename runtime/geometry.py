@@ -94,6 +94,13 @@ def _check_scale(scale: float) -> None:
         raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
 
 
+def window_padded_size(lr_size: Sequence[int], window: int) -> Size:
+    """Size after the official SwinIR evaluation padding: bottom/right mirror padding to
+    (h // window + 1) * window rows (always at least one) and likewise columns."""
+    h, w = lr_size
+    return (h // window + 1) * window, (w // window + 1) * window
+
+
 @dataclass(frozen=True)
 class CascadePlan:
     """Everything the model needs to know about one upscale, besides the pixels.

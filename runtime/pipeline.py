@@ -15,7 +15,16 @@ from typing import Protocol
 
 import numpy as np
 
-from .geometry import CASCADE_DISCOUNT, NORM_MEAN, NORM_STD, CascadePlan, pixel_centres, plan_cascade, unnormalize
+from .geometry import (
+    CASCADE_DISCOUNT,
+    NORM_MEAN,
+    NORM_STD,
+    CascadePlan,
+    pixel_centres,
+    plan_cascade,
+    unnormalize,
+    window_padded_size,
+)
 from .manifest import Manifest
 from .tiling import Span, bilinear_span, centres, grow, neighbourhood_span, tile_spans, union
 
@@ -112,7 +121,7 @@ class Pipeline:
         ws = self.manifest.window_size
         if ws > 1:  # SwinIR: mirror-pad bottom/right, upscale, crop (as the official evaluation)
             scale = scale if size is None else (plan.out_size[0] / h, plan.out_size[1] / w)
-            ph, pw = (h // ws + 1) * ws, (w // ws + 1) * ws
+            ph, pw = window_padded_size((h, w), ws)
             x = np.concatenate([x, x[:, :, ::-1]], 2)[:, :, :ph]
             x = np.ascontiguousarray(np.concatenate([x, x[:, :, :, ::-1]], 3)[:, :, :, :pw])
             out = self._run_plan(x, self.plan((ph, pw), scale=scale), chunk, tile)

@@ -14,6 +14,7 @@ from clit.runtime.geometry import (
     plan_cascade,
     stage_plan,
     unnormalize,
+    window_padded_size,
 )
 
 
@@ -150,3 +151,8 @@ def test_plan_cascade_exact_size():
 def test_plan_cascade_errors(kwargs):
     with pytest.raises((ValueError, TypeError)):
         plan_cascade((19, 26), **kwargs)
+
+
+def test_window_padded_size_always_pads():
+    assert window_padded_size((7, 8), 4) == (8, 12)  # a multiple still gets a full extra window
+    assert window_padded_size((19, 26), 8) == (24, 32)

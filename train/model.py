@@ -34,6 +34,7 @@ from clit.runtime.geometry import (
     coord_grid,
     pixel_centres,
     plan_cascade,
+    window_padded_size,
 )
 
 from .encoders import make_encoder
@@ -251,8 +252,7 @@ class CLIT(nn.Module):
         """SwinIR path, as the official evaluation: mirror-pad bottom/right by
         (h // ws + 1) * ws - h (at least one), upscale the padded image by the same scale,
         crop the top-left ``plan.out_size``."""
-        h, w = plan.lr_size
-        ph, pw = (h // ws + 1) * ws, (w // ws + 1) * ws
+        ph, pw = window_padded_size(plan.lr_size, ws)
         x = torch.cat([lr, lr.flip(2)], 2)[..., :ph, :]
         x = torch.cat([x, x.flip(3)], 3)[..., :pw]
         out_h, out_w = plan.out_size
