@@ -32,11 +32,12 @@ PARITY_LR = 32  # side of the LR crop used for the built-in parity check
 REPO_SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def max_safe_queries(base_dim: int, radius: int) -> int:
-    """Largest N keeping every decoder tensor below 2^31 elements (the widest is the MLP
-    input, N x (49 C + 2); the gathered keys/values are N x 49 x C)."""
+def max_safe_queries(base_dim: int, radius: int, enc_dims: int = 0) -> int:
+    """Largest N keeping every decoder tensor below 2^31 elements.  Per query, the widest
+    tensors are the MLP input (49 C + 2; the gathered keys/values are 49 x C) and the
+    sinusoidal encoding (49 x enc_dims, wider when C < enc_dims)."""
     area = (2 * radius + 1) ** 2
-    return (2**31 - 1) // (area * base_dim + 2)
+    return (2**31 - 1) // max(area * base_dim + 2, area * enc_dims)
 
 
 def default_parity_image() -> Path | None:
@@ -90,7 +91,8 @@ def run_parity(model, manifest, img: np.ndarray, precisions) -> list[dict]:
 
 def build_manifest(ckpt_path: Path, args: dict, model, graphs: list[dict], opset: int, max_queries: int,
                    precisions) -> dict:
-    safe = max_safe_queries(model.dim, model.r)
+    enc_dims = model.pb_encoder.proj.in_features if model.pb_encoder is not None else 0
+    safe = max_safe_queries(model.dim, model.r, enc_dims)
     return {
         "format_version": FORMAT_VERSION,
         "source": {"checkpoint": ckpt_path.name, "sha256": sha256_file(ckpt_path)},

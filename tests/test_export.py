@@ -142,7 +142,8 @@ def test_graph_interfaces_are_dynamic(golden_dir):
     assert set(specs) == {("encoder", 0), ("branch", 1), ("branch", 2), ("decoder", 0), ("decoder", 1), ("decoder", 2)}
     coord = dict((n, shape) for n, _, shape in specs[("decoder", 2)].inputs)["coord"]
     assert coord == (1, "N", 2)
-    assert max_safe_queries(256, 3) * (49 * 256 + 2) < 2**31 <= (max_safe_queries(256, 3) + 1) * (49 * 256 + 2)
+    assert max_safe_queries(256, 3, 64) * (49 * 256 + 2) < 2**31 <= (max_safe_queries(256, 3, 64) + 1) * (49 * 256 + 2)
+    assert max_safe_queries(32, 3, 64) == (2**31 - 1) // (49 * 64)  # small C: the encoding is the widest
 
 
 def export_cli(*args):
