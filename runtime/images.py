@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from .atomic import atomic_write
 
 
 class ImageError(ValueError):
@@ -72,18 +73,14 @@ def write_image(path: str | os.PathLike, img: np.ndarray, bit_depth: int = 8) ->
     suffix = path.suffix.lower()
     if bit_depth == 16 and suffix != ".png":
         raise ValueError(f"{path}: 16-bit output needs a .png file")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if bit_depth == 16:
-                f.write(encode_png16(q))
-            else:
-                fmt = Image.registered_extensions().get(suffix)
-                if fmt is None:
-                    raise ValueError(f"{path}: unknown image format {suffix!r}")
-                Image.fromarray(q, "RGB").save(f, format=fmt)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    def write(f) -> None:
+        if bit_depth == 16:
+            f.write(encode_png16(q))
+        else:
+            fmt = Image.registered_extensions().get(suffix)
+            if fmt is None:
+                raise ValueError(f"{path}: unknown image format {suffix!r}")
+            Image.fromarray(q, "RGB").save(f, format=fmt)
+
+    atomic_write(path, write)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zlib
@@ -70,6 +71,9 @@ def test_cli_batch_errors_are_reported_and_others_processed(golden_dir, tmp_path
     with Image.open(outdir / "edsr_lit_small_lr.png") as im:
         assert im.size == (50, 30)
     assert sorted(p.name for p in outdir.iterdir()) == ["edsr_lit_small_lr.png", "taken.png"]  # no partial files
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (outdir / "edsr_lit_small_lr.png").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
 
 
 @pytest.mark.parametrize("args, message", [

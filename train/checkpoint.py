@@ -9,11 +9,12 @@ code is executed).
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from clit.runtime.atomic import atomic_write
 
 from .model import CLIT
 
@@ -89,12 +90,4 @@ def save_checkpoint(path: str | os.PathLike, model: CLIT, args: dict, **extra: A
     """
     path = Path(path)
     ckpt = {"model": model_spec(model, args), "clit": {"format_version": FORMAT_VERSION}, **extra}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(ckpt, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(ckpt, f))
