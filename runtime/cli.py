@@ -1,9 +1,9 @@
 """``clit-infer``: upscale images by any factor.
 
-Backends: ``onnxruntime`` (a model directory from ``clit-export``) and ``torch`` (the
-PyTorch reference, imported lazily, so this module stays torch-free).  Not yet: TensorRT,
-encoder tiling for bounded memory, grayscale/alpha/16-bit inputs on the command line, and
-the bundled default model (see README, "Status").
+Backends: ``onnxruntime`` (a model directory from ``clit-export``, optionally tiled) and
+``torch`` (the PyTorch reference from ``clit.train``, imported only when asked for, so this
+module stays torch-free).  Not yet: TensorRT, grayscale/alpha/16-bit RGB inputs on the
+command line, and the bundled default model (see README, "Status").
 """
 
 from __future__ import annotations

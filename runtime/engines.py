@@ -5,7 +5,8 @@ float32, NOT clamped, for a scale or an exact size:
 
 * ``onnxruntime``: an exported model directory through :class:`~clit.runtime.pipeline.Pipeline`
   (CPU provider; the CUDA provider is used when the installed onnxruntime has it).
-* ``torch``: the PyTorch reference model from a checkpoint (needs ``clit[train]``).
+* ``torch``: the PyTorch reference model from a checkpoint (``clit.train.engine``, imported
+  only when asked for; needs ``clit[train]``).
 
 TensorRT is not available as an engine yet.
 """
@@ -52,28 +53,6 @@ class OnnxEngine:
         return self.pipeline.upscale(img, scale=scale, size=size, chunk=self.chunk, tile=self.tile)
 
 
-class TorchEngine:
-    """The PyTorch reference model from a checkpoint (imported lazily)."""
-
-    def __init__(self, checkpoint: Path, device: str = "cpu", chunk: int = DEFAULT_CHUNK):
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            raise RuntimeError("the torch backend needs PyTorch: pip install 'clit[train]'") from None
-        from clit.train import load_model
-
-        self.model = load_model(checkpoint, device=device)
-        self.device, self.chunk = device, chunk
-        self.name = f"torch-{device} fp32"
-
-    def upscale(self, img, scale=None, size=None):
-        import torch
-
-        lr = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None].to(self.device)
-        out = self.model.upscale(lr, scale=scale, size=size, chunk=self.chunk)
-        return out[0].permute(1, 2, 0).cpu().numpy()
-
-
 def make_engine(backend: str = "auto", model_dir: Path | None = None, checkpoint: Path | None = None,
                 precision: str = "auto", chunk: int = DEFAULT_CHUNK, device: str = "cpu",
                 tile: int | None = None) -> Engine:
@@ -98,4 +77,8 @@ def make_engine(backend: str = "auto", model_dir: Path | None = None, checkpoint
         raise ValueError("the torch backend runs in fp32 only")
     if tile is not None:
         raise ValueError("tiling (--tile) is done by the onnxruntime backend; the torch reference runs whole")
+    try:
+        from clit.train.engine import TorchEngine
+    except ImportError:
+        raise RuntimeError("the torch backend needs PyTorch: pip install 'clit[train]'") from None
     return TorchEngine(Path(checkpoint), device=device, chunk=chunk)

@@ -1,0 +1,25 @@
+"""The PyTorch reference model behind the runtime's engine interface (see clit.runtime.engines)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import load_model
+from .model import DEFAULT_CHUNK
+
+
+class TorchEngine:
+    """Maps an RGB float32 image (h, w, 3) in [0, 1] to the model output (H, W, 3), not clamped."""
+
+    def __init__(self, checkpoint: Path, device: str = "cpu", chunk: int = DEFAULT_CHUNK):
+        self.model = load_model(checkpoint, device=device)
+        self.device, self.chunk = device, chunk
+        self.name = f"torch-{device} fp32"
+
+    def upscale(self, img: np.ndarray, scale=None, size=None) -> np.ndarray:
+        lr = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None].to(self.device)
+        out = self.model.upscale(lr, scale=scale, size=size, chunk=self.chunk)
+        return out[0].permute(1, 2, 0).cpu().numpy()
