@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 FORMAT_VERSION = 1
@@ -56,7 +57,7 @@ class Manifest:
     def window_size(self) -> int:
         return int(self.data.get("window_size", 1))
 
-    @property
+    @cached_property
     def graphs(self) -> list[GraphEntry]:
         return [GraphEntry(**{k: g[k] for k in GraphEntry.__dataclass_fields__ if k in g}) for g in self.data["graphs"]]
 
@@ -65,9 +66,6 @@ class Manifest:
             if g.kind == kind and g.branch == branch:
                 return g
         raise ModelDirError(f"{self.root}: manifest has no {kind} graph for branch {branch + 1}")
-
-    def path(self, entry: GraphEntry) -> Path:
-        return self.root / entry.file
 
 
 def load_manifest(model_dir: str | Path) -> Manifest:

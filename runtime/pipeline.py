@@ -61,11 +61,13 @@ class Pipeline:
 
     def __init__(self, manifest: Manifest, runner: GraphRunner, precision: str = "fp32"):
         self.manifest, self.runner, self.precision = manifest, runner, precision
-        for entry in manifest.graphs:
-            entry.file_for(precision)  # fail early if a variant is missing
+        # (kind, branch) -> graph file, resolved once (fails here if a variant is missing)
+        self._files = {(g.kind, g.branch): g.file_for(precision) for g in manifest.graphs}
 
     def _file(self, kind: str, branch: int = 0) -> str:
-        return self.manifest.graph(kind, branch).file_for(self.precision)
+        if (kind, branch) not in self._files:
+            self.manifest.graph(kind, branch)  # raises the manifest's error naming what is missing
+        return self._files[(kind, branch)]
 
     def plan(self, lr_size, scale=None, size=None) -> CascadePlan:
         return plan_cascade(lr_size, scale=scale, size=size, max_branches=self.manifest.n_branches)
