@@ -18,6 +18,7 @@ from clit.runtime.manifest import FORMAT_VERSION, MANIFEST, load_manifest
 from clit.runtime.metrics import psnr
 from clit.runtime.onnx_backend import OnnxRuntimeRunner
 from clit.runtime.pipeline import DEFAULT_CHUNK, Pipeline
+from clit.train.checkpoint import CheckpointError, load_model_and_args
 
 from .audit import TARGETS, audit_file
 from .onnx_export import OPSET_DEFAULT, OPSETS_ALLOWED, PRECISIONS, encoder_halo, export_graphs, sha256_file
@@ -150,7 +151,6 @@ def main(checkpoint, out, opset, precision, max_queries, image, target_trt, chec
     FP16: PSNR >= 45 dB against FP32); the results go into the manifest and a failure
     gives exit code 1.
     """
-    from clit.train.checkpoint import CheckpointError, build_model, load_state, read_checkpoint
 
     if opset not in OPSETS_ALLOWED:
         raise click.BadParameter(f"{opset} is not supported (allowed {', '.join(map(str, OPSETS_ALLOWED))}; "
@@ -162,13 +162,9 @@ def main(checkpoint, out, opset, precision, max_queries, image, target_trt, chec
     if out.exists() and not force:
         raise click.UsageError(f"{out} exists (use --force to replace it)")
     try:
-        ckpt = read_checkpoint(checkpoint)
-        args = ckpt["model"]["args"]
-        model = build_model(args, where=str(checkpoint))
-        load_state(model, ckpt["model"]["sd"], where=str(checkpoint))
+        model, args = load_model_and_args(checkpoint)
     except CheckpointError as exc:
         raise click.UsageError(str(exc)) from None
-    model.eval()
     img, img_name = (None, None) if no_parity else parity_input(image)
 
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -69,13 +69,17 @@ def load_state(model: CLIT, sd: dict, where: str = "checkpoint") -> None:
     model.load_state_dict(sd, strict=True)
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> CLIT:
-    """Load an official or our CLIT checkpoint; returns the model in eval mode."""
-    ckpt = read_checkpoint(path)
-    spec = ckpt["model"]
+def load_model_and_args(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[CLIT, dict]:
+    """Load an official or our CLIT checkpoint: the model in eval mode and its ``args``."""
+    spec = read_checkpoint(path)["model"]
     model = build_model(spec["args"], where=str(path))
     load_state(model, spec["sd"], where=str(path))
-    return model.to(device).eval()
+    return model.to(device).eval(), spec["args"]
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> CLIT:
+    """Load an official or our CLIT checkpoint; returns the model in eval mode."""
+    return load_model_and_args(path, device)[0]
 
 
 def model_spec(model: CLIT, args: dict) -> dict:
