@@ -74,7 +74,7 @@ def stage_plan(scale: float, base: float = STAGE_BASE) -> list[float]:
     """Per-stage scales for one axis (official ``sample_system_scale``).
 
     >>> stage_plan(3.7), stage_plan(6), stage_plan(18)
-    ([3.7], [4, 1.5], [4, 4, 1.125])
+    ([3.7], [4.0, 1.5], [4.0, 4.0, 1.125])
     """
     _check_scale(scale)
     if scale <= base:
@@ -176,12 +176,25 @@ def plan_cascade(
             f"scale {max(sh, sw):g} needs {n} cascade stages but the model has {max_branches} "
             f"branch{'es' if max_branches > 1 else ''} (largest scale x{largest:g})"
         )
-    grids = [(h, w)]
-    for k in range(1, n):
-        grids.append((round(h * math.prod(plan_h[:k])), round(w * math.prod(plan_w[:k]))))
+    stages = tuple(zip(plan_h, plan_w))
     return CascadePlan(
         lr_size=(h, w),
         out_size=(out_h, out_w),
-        stages=tuple(zip(plan_h, plan_w)),
-        grids=tuple(grids),
+        stages=stages,
+        grids=((h, w), *stage_sizes((h, w), stages)[:-1]),
     )
+
+
+def stage_sizes(lr_size: Sequence[int], stages: Sequence[float | Sequence[float]]) -> list[Size]:
+    """Grid size after each stage: ``round(h * s_1 * ... * s_k)`` per axis (official rounding).
+
+    ``stages`` holds numbers or ``(sh, sw)`` pairs.  Branch ``k >= 1`` reads the grid of stage
+    ``k - 1``; training takes its ground-truth crop size from the last entry.
+
+    >>> stage_sizes((48, 48), [4, 1.5])
+    [(192, 192), (288, 288)]
+    """
+    h, w = lr_size
+    pairs = [(s, s) if isinstance(s, (int, float, np.floating, np.integer)) else tuple(s) for s in stages]
+    return [(round(h * math.prod(p[0] for p in pairs[: k + 1])), round(w * math.prod(p[1] for p in pairs[: k + 1])))
+            for k in range(len(pairs))]

@@ -87,11 +87,13 @@ def model_spec(model: CLIT, args: dict) -> dict:
     return {"name": "clit", "args": args, "sd": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
 
 
-def save_checkpoint(path: str | os.PathLike, model: CLIT, args: dict, **extra: Any) -> None:
+def save_checkpoint(path: str | os.PathLike, model: CLIT, args: dict, meta: dict | None = None,
+                    **extra: Any) -> None:
     """Write an official-format checkpoint atomically (temp file, then rename).
 
-    ``extra`` entries (optimizer, epoch, metadata, ...) are stored beside ``model``.
+    ``extra`` entries (official ``optimizer``, ``epoch``, ``state``) are stored beside
+    ``model``; ``meta`` goes into our ``clit`` entry next to the format version.
     """
     path = Path(path)
-    ckpt = {"model": model_spec(model, args), "clit": {"format_version": FORMAT_VERSION}, **extra}
+    ckpt = {"model": model_spec(model, args), "clit": {"format_version": FORMAT_VERSION, **(meta or {})}, **extra}
     atomic_write(path, lambda f: torch.save(ckpt, f))

@@ -1,0 +1,170 @@
+"""``clit-eval``: PSNR/SSIM tables under the LIIF/LTE/CLIT protocol, for any backend or bicubic.
+
+The protocol (LR making, shave, Y weights, SSIM variants) lives in
+:mod:`clit.runtime.protocol`; this module runs it over folders and scales and reports.  It
+needs torch only for ``--checkpoint`` (the torch backend); exported models and the bicubic
+baseline run on numpy and ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import click
+import numpy as np
+from tqdm import tqdm
+
+from clit.runtime.atomic import atomic_write
+from clit.runtime.engines import BACKENDS, PRECISIONS, make_engine
+from clit.runtime.images import list_images, read_uint8
+from clit.runtime.protocol import PROTOCOLS, make_pair, score
+from clit.runtime.resize import imresize
+
+
+class BicubicEngine:
+    """The bicubic baseline: MATLAB-compatible ``imresize`` up to ``round(h * s)``."""
+
+    name = "bicubic (MATLAB imresize)"
+
+    def upscale(self, img: np.ndarray, scale=None, size=None) -> np.ndarray:
+        h, w = img.shape[:2]
+        if size is None:
+            sh, sw = scale if isinstance(scale, (tuple, list)) else (scale, scale)
+            size = (round(h * sh), round(w * sw))
+        return imresize(img, size=size).astype(np.float32)
+
+
+@dataclass
+class Result:
+    dataset: str
+    scale: float
+    psnr: float
+    ssim: float
+    ssim_y: float
+    images: int
+    seconds: float
+
+
+def dataset_name(folder: Path) -> str:
+    """``.../Set5/HR`` -> ``Set5``; otherwise the folder's own name."""
+    folder = Path(folder)
+    return folder.parent.name if folder.name.upper() == "HR" and folder.parent.name else folder.name
+
+
+def evaluate(engine, folder: Path, scale: float, protocol: str, quantize: bool = False,
+             max_images: int | None = None, progress: bool = False) -> Result:
+    """Mean PSNR / SSIM of ``engine`` over the HR images of ``folder`` at ``scale``.
+
+    ``seconds`` is the total time spent in ``engine.upscale``."""
+    files = list_images(folder)[:max_images]
+    psnrs, ssims, ssims_y, seconds = [], [], [], 0.0
+    for path in tqdm(files, desc=f"{dataset_name(folder)} x{scale:g}", disable=not progress, leave=False):
+        hr, lr = make_pair(read_uint8(path), scale)
+        t0 = time.perf_counter()
+        pred = engine.upscale(lr.astype(np.float32) / 255, scale=scale)
+        seconds += time.perf_counter() - t0
+        if pred.shape != hr.shape:
+            raise AssertionError(f"{path}: prediction {pred.shape} but HR crop {hr.shape}")
+        pred = np.clip(pred, 0, 1)
+        if quantize:
+            pred = np.rint(pred * 255) / 255
+        s = score(pred, hr.astype(np.float64) / 255, scale, protocol)
+        psnrs.append(s.psnr)
+        ssims.append(s.ssim)
+        ssims_y.append(s.ssim_y)
+    return Result(dataset_name(folder), float(scale), float(np.mean(psnrs)), float(np.mean(ssims)),
+                  float(np.mean(ssims_y)), len(files), round(seconds, 3))
+
+
+def format_table(results: list[Result]) -> str:
+    """A plain-text table, one row per dataset and scale."""
+    head = f"{'dataset':<12}{'scale':>7}{'images':>8}{'PSNR dB':>10}{'SSIM':>9}{'SSIM-Y':>9}{'seconds':>10}"
+    rows = [head, "-" * len(head)]
+    for r in results:
+        rows.append(f"{r.dataset:<12}{r.scale:>7g}{r.images:>8}{r.psnr:>10.3f}{r.ssim:>9.4f}{r.ssim_y:>9.4f}"
+                    f"{r.seconds:>10.2f}")
+    return "\n".join(rows)
+
+
+def parse_scales(text: str) -> list[float]:
+    try:
+        scales = [float(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: scales are comma-separated numbers, e.g. 2,3,4,6") from None
+    if not scales or any(not math.isfinite(s) or s < 1 for s in scales):
+        raise click.BadParameter(f"{text!r}: every scale must be a finite number >= 1")
+    return scales
+
+
+def bundled_model_dir() -> Path | None:
+    """The model directory shipped inside the package, when it exists."""
+    path = Path(__file__).resolve().parents[1] / "runtime" / "models" / "default"
+    return path if (path / "manifest.json").is_file() else None
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="CLIT checkpoint (torch backend).")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), help="Model directory made by clit-export.")
+@click.option("--method", type=click.Choice(["model", "bicubic"]), default="model", show_default=True,
+              help="bicubic: the MATLAB-compatible bicubic baseline instead of a model.")
+@click.option("--data", "folders", multiple=True, required=True, type=click.Path(path_type=Path),
+              help="Folder of HR images, e.g. ../shared/data/Set5/HR (repeatable).")
+@click.option("--scales", default="2,3,4", show_default=True, help="Comma-separated scales, e.g. 2,3,4,6,8,12,2.5.")
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default="benchmark", show_default=True,
+              help="benchmark: Y PSNR, shave ceil(s); div2k: RGB PSNR, shave ceil(s) + 6.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="torch device for --checkpoint.")
+@click.option("--quantize", is_flag=True, help="Round predictions to 8 bits first (what a saved PNG scores).")
+@click.option("--max-images", type=click.IntRange(min=1), help="Only the first N images of each folder.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the results as JSON here.")
+def main(checkpoint, model_dir, method, folders, scales, protocol, backend, precision, device, quantize,
+         max_images, json_out):
+    """Evaluate a model (or bicubic) on folders of HR images at several scales.
+
+    LR inputs are made from the HR images as LIIF/LTE/CLIT do (MATLAB bicubic for integer
+    scales <= 4, Pillow bicubic otherwise).  PSNR follows --protocol; SSIM is the official
+    RGB Gaussian SSIM (no shave), SSIM-Y the common luma SSIM with the protocol's shave.
+    """
+    scale_list = parse_scales(scales)
+    if method == "bicubic":
+        if checkpoint or model_dir:
+            raise click.UsageError("--method bicubic takes no --checkpoint or --model")
+        engine = BicubicEngine()
+    else:
+        if checkpoint and model_dir:
+            raise click.UsageError("give at most one of --checkpoint and --model")
+        if not checkpoint and not model_dir:
+            model_dir = bundled_model_dir()
+            if model_dir is None:
+                raise click.UsageError("no bundled default model is installed: give --checkpoint or --model")
+        try:
+            engine = make_engine(backend, model_dir=model_dir, checkpoint=checkpoint, precision=precision,
+                                 device=device)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise click.UsageError(str(exc)) from None
+    click.echo(f"method: {engine.name}; protocol: {protocol}", err=True)
+    results, failed = [], []
+    for folder in folders:
+        for s in scale_list:
+            try:
+                results.append(evaluate(engine, folder, s, protocol, quantize=quantize, max_images=max_images,
+                                        progress=True))
+            except ValueError as exc:  # ImageError, bad scale for the model
+                failed.append(f"{folder} x{s:g}: {exc}")
+                click.echo(f"clit-eval: error: {folder} x{s:g}: {exc}", err=True)
+    click.echo(format_table(results))
+    if json_out is not None:
+        doc = {"results": [asdict(r) for r in results], "method": engine.name, "protocol": protocol,
+               "quantize": quantize, "checkpoint": str(checkpoint) if checkpoint else None,
+               "model": str(model_dir) if model_dir else None,
+               "metrics": {"psnr": "Y (benchmark) or RGB (div2k), shaved", "ssim": "official RGB Gaussian SSIM, no shave",
+                           "ssim_y": "Y-channel Gaussian SSIM, shaved like PSNR"},
+               "errors": failed}
+        atomic_write(json_out, lambda f: f.write(json.dumps(doc, indent=2).encode()))
+    sys.exit(1 if failed else 0)
