@@ -2,12 +2,14 @@
 
 Backends: ``onnxruntime`` (a model directory from ``clit-export``, optionally tiled) and
 ``torch`` (the PyTorch reference from ``clit.train``, imported only when asked for, so this
-module stays torch-free).  Not yet: TensorRT, grayscale/alpha/16-bit RGB inputs on the
-command line, and the bundled default model (see README, "Status").
+module stays torch-free).  Inputs keep their channels (gray stays gray, alpha is upscaled
+bicubically and re-attached), 16-bit depth and ICC profile.  Not yet: TensorRT and the
+bundled default model (see README, "Status").
 """
 
 from __future__ import annotations
 
+import glob
 import math
 import sys
 from pathlib import Path
@@ -16,8 +18,9 @@ import click
 from tqdm import tqdm
 
 from .engines import BACKENDS, PRECISIONS, make_engine
-from .images import ImageError, read_rgb, write_image
+from .images import IMAGE_SUFFIXES, ImageError, list_images, read_image, write_image
 from .pipeline import DEFAULT_CHUNK
+from .upscaler import Upscaler
 
 
 def parse_scale(text: str) -> float | tuple[float, float]:
@@ -43,17 +46,34 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def output_paths(inputs: list[Path], out: Path) -> list[Path]:
-    """One input -> OUT is the file (or a folder that exists); many -> OUT is a folder."""
-    if len(inputs) == 1 and not out.is_dir():
+def expand_inputs(inputs: list[Path]) -> list[tuple[Path, Path]]:
+    """Files, folders (their images, recursively) and glob patterns -> (path, name for the
+    output) pairs; the name keeps a folder's sub-folders.  Unmatched entries stay, so that
+    reading them reports the error."""
+    found: list[tuple[Path, Path]] = []
+    for item in inputs:
+        if item.is_dir():
+            found += [(p, p.relative_to(item)) for p in list_images(item)]
+        elif not item.exists() and glob.has_magic(str(item)):
+            matches = sorted(Path(m) for m in glob.glob(str(item), recursive=True))
+            found += [(m, Path(m.name)) for m in matches if m.suffix.lower() in IMAGE_SUFFIXES] or [(item, item)]
+        else:
+            found.append((item, Path(item.name)))
+    return found
+
+
+def output_paths(inputs: list[tuple[Path, Path]], out: Path, single: bool) -> list[Path]:
+    """One file given -> OUT is the file (or a folder that exists); otherwise OUT is a folder
+    and each output is NAME.png inside it."""
+    if single and len(inputs) == 1 and not out.is_dir():
         return [out]
-    return [out / f"{p.stem}.png" for p in inputs]
+    return [out / name.with_suffix(".png") for _, name in inputs]
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
-              help="Output file (one input) or folder (several inputs).")
+              help="Output file (one input file) or folder (several inputs, a folder or a glob).")
 @click.option("--scale", help="Scale factor, e.g. 3.7, or anisotropic SHxSW, e.g. 2x3.")
 @click.option("--size", help="Exact output size WxH, e.g. 1920x1080 (instead of --scale).")
 @click.option("--model", "model_dir", type=click.Path(path_type=Path),
@@ -69,12 +89,16 @@ def output_paths(inputs: list[Path], out: Path) -> list[Path]:
 @click.option("--tile", type=click.IntRange(min=1), default=None,
               help="Evaluate in tiles of this many LR pixels per side (onnxruntime): memory follows the tile, "
                    "not the image; the result is the same.  Default: the whole image at once.")
-@click.option("--bit-depth", type=click.Choice(["8", "16"]), default="8", show_default=True,
-              help="Output bits per channel (16 writes a 48-bit PNG).")
+@click.option("--bit-depth", type=click.Choice(["auto", "8", "16"]), default="auto", show_default=True,
+              help="Output bits per channel; auto: 16 for 16-bit inputs written as PNG, else 8.")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 def main(inputs, out, scale, size, model_dir, checkpoint, backend, precision, device, chunk, tile, bit_depth,
          overwrite):
-    """Upscale INPUT images by any factor with a CLIT model.
+    """Upscale INPUT images (files, folders, or glob patterns) by any factor with a CLIT model.
+
+    Gray images stay gray, alpha is upscaled bicubically and re-attached, 16-bit PNGs give
+    16-bit PNGs (--bit-depth auto), ICC profiles and EXIF orientation are honoured.  A bad
+    input is reported on one line and the others are still processed (exit code 1).
 
     \b
     Examples:
@@ -91,15 +115,20 @@ def main(inputs, out, scale, size, model_dir, checkpoint, backend, precision, de
     except (ValueError, RuntimeError) as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(f"backend: {engine.name}", err=True)
-    targets = output_paths(list(inputs), out)
+    sources = expand_inputs(list(inputs))
+    single = len(inputs) == 1 and not inputs[0].is_dir() and not glob.has_magic(str(inputs[0]))
+    targets = output_paths(sources, out, single)
+    upscaler = Upscaler.from_engine(engine)
     failed = 0
-    for src, dst in tqdm(list(zip(inputs, targets)), desc="images", unit="img", disable=len(inputs) < 2):
+    for (src, _), dst in tqdm(list(zip(sources, targets)), desc="images", unit="img", disable=len(sources) < 2):
         try:
             if dst.exists() and not overwrite:
                 raise ImageError(f"output {dst} exists (use --overwrite)")
-            img = read_rgb(src)
-            result = engine.upscale(img, scale=scale_v, size=size_v)
-            write_image(dst, result, bit_depth=int(bit_depth))
+            pic = read_image(src)
+            result = upscaler.upscale(pic.pixels, scale=scale_v, size=size_v)
+            depth = int(bit_depth) if bit_depth != "auto" else (16 if pic.bit_depth == 16 and
+                                                                 dst.suffix.lower() == ".png" else 8)
+            write_image(dst, result, bit_depth=depth, icc=pic.icc)
         except (ImageError, ValueError) as exc:
             failed += 1
             text = str(exc) if str(exc).startswith(str(src)) else f"{src}: {exc}"

@@ -32,6 +32,13 @@ class Upscaler:
                                   checkpoint=None if checkpoint is None else Path(checkpoint),
                                   precision=precision, chunk=chunk, device=device, tile=tile)
 
+    @classmethod
+    def from_engine(cls, engine) -> Upscaler:
+        """An Upscaler around an engine made by :func:`~clit.runtime.engines.make_engine`."""
+        up = cls.__new__(cls)
+        up.engine = engine
+        return up
+
     @property
     def backend(self) -> str:
         return self.engine.name

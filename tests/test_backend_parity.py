@@ -1,0 +1,42 @@
+"""ONNX Runtime backend vs the torch backend on real images (../shared/data) at x2, x3.7, x6, x12."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("torch")
+pytest.importorskip("onnx")
+
+from clit.runtime.engines import make_engine  # noqa: E402
+from clit.runtime.images import read_rgb  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from conftest import GOLDEN
+
+    from clit.export.cli import main as export_cli
+
+    ckpt = GOLDEN / "edsr_clit2_small.pth"
+    if not ckpt.is_file():
+        pytest.skip(f"golden models not found at {GOLDEN}")
+    out = tmp_path_factory.mktemp("export") / "model"
+    res = CliRunner().invoke(export_cli, [str(ckpt), "-o", str(out), "--precision", "fp32", "--no-parity"])
+    assert res.exit_code == 0, res.output
+    return ckpt, out
+
+
+@pytest.mark.parametrize("scale", [2, 3.7, 6, 12])
+def test_onnxruntime_matches_torch_on_real_images(exported, data_dir, scale):
+    ckpt, model_dir = exported
+    torch_engine = make_engine("torch", checkpoint=ckpt)
+    ort_engine = make_engine("onnxruntime", model_dir=model_dir, precision="fp32")
+    for name, (y, x) in (("Set14/HR/baboon.png", (100, 150)), ("Urban100/HR/img_004.png", (300, 200))):
+        lr = np.ascontiguousarray(read_rgb(data_dir / name)[y:y + 37, x:x + 45])
+        ref = torch_engine.upscale(lr, scale=scale)
+        got = ort_engine.upscale(lr, scale=scale)
+        assert got.shape == ref.shape == (round(37 * scale), round(45 * scale), 3)
+        assert np.isfinite(got).all()
+        assert np.abs(got - ref).max() <= 1e-4, (name, scale)
