@@ -1,6 +1,6 @@
 """Peak memory of the ONNX Runtime pipeline as the output grows, whole vs tiled.
 
-Each case runs in a fresh Python process (peak RSS = ru_maxrss), so cases do not share
+Each case runs in a fresh Python process (peak RSS = VmHWM on Linux), so cases do not share
 allocations.  Prints a table and optionally writes JSON.  Uses a model directory
 (``--model``) or exports one from a checkpoint (``--checkpoint``, default: the golden
 ``edsr_clit2_small`` from ../shared, random weights: memory and time do not depend on them).
@@ -29,11 +29,16 @@ model, h, scale, tile, chunk = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 m = load_manifest(model)
 pipe = Pipeline(m, OnnxRuntimeRunner(m, threads=2))
 img = np.random.default_rng(0).random((h, h, 3), dtype=np.float32)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def peak_kib():  # this process's own peak (ru_maxrss would include the parent's, kept across exec)
+    try:
+        return int([l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1])
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = peak_kib()
 t = time.perf_counter()
 out = pipe.upscale(img, scale=scale, chunk=chunk, tile=None if tile == "none" else int(tile))
 seconds = time.perf_counter() - t
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = peak_kib()
 print(json.dumps({"lr": h, "scale": scale, "tile": tile, "out_mpix": out.shape[0] * out.shape[1] / 1e6,
                   "peak_rss_mib": peak / 1024, "before_mib": base / 1024, "seconds": seconds}))
 """

@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import math
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -19,7 +20,6 @@ from tqdm import tqdm
 
 from .engines import BACKENDS, PRECISIONS, make_engine
 from .images import IMAGE_SUFFIXES, ImageError, list_images, read_image, write_image
-from .pipeline import DEFAULT_CHUNK
 from .upscaler import Upscaler
 
 
@@ -70,6 +70,17 @@ def output_paths(inputs: list[tuple[Path, Path]], out: Path, single: bool) -> li
     return [out / name.with_suffix(".png") for _, name in inputs]
 
 
+def timing_summary(src: Path, shape, t_read: float, t_up: float, t_write: float, stages: dict[str, float]) -> str:
+    """One block of text: the image's times, the upscale split by pipeline stage."""
+    lines = [f"{src}: {shape[1]}x{shape[0]}  read {t_read:.3f} s  upscale {t_up:.3f} s  write {t_write:.3f} s"]
+    for stage, seconds in sorted(stages.items()):
+        lines.append(f"    {stage:<20} {seconds:8.3f} s  {100 * seconds / max(t_up, 1e-9):5.1f} %")
+    if stages:
+        rest = t_up - sum(stages.values())
+        lines.append(f"    {'other (planning, I/O)':<20} {rest:8.3f} s  {100 * rest / max(t_up, 1e-9):5.1f} %")
+    return "\n".join(lines)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
@@ -84,16 +95,21 @@ def output_paths(inputs: list[tuple[Path, Path]], out: Path, single: bool) -> li
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="Graph precision for onnxruntime (auto: fp16 on a GPU provider, fp32 on the CPU).")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
-@click.option("--chunk", type=click.IntRange(min=1), default=DEFAULT_CHUNK, show_default=True,
-              help="Queries evaluated at once; bounds memory, does not change the result.")
-@click.option("--tile", type=click.IntRange(min=1), default=None,
-              help="Evaluate in tiles of this many LR pixels per side (onnxruntime): memory follows the tile, "
-                   "not the image; the result is the same.  Default: the whole image at once.")
+@click.option("--chunk", type=click.IntRange(min=1), default=None,
+              help="Queries evaluated at once; bounds memory, does not change the result.  "
+                   "Default: from the memory available (at most 8192).")
+@click.option("--tile", type=click.IntRange(min=0), default=None,
+              help="Evaluate in tiles of this many LR pixels per side (graph backends): memory follows the tile, "
+                   "not the image; the result is the same.  Default: chosen per image so that the run fits "
+                   "min(available memory, 4 GiB); 0: never tile.")
 @click.option("--bit-depth", type=click.Choice(["auto", "8", "16"]), default="auto", show_default=True,
               help="Output bits per channel; auto: 16 for 16-bit inputs written as PNG, else 8.")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@click.option("--cache-dir", type=click.Path(path_type=Path),
+              help="TensorRT engine cache [default: ~/.cache/clit/engines].")
+@click.option("-v", "--verbose", is_flag=True, help="Per-image timings, split by pipeline stage.")
 def main(inputs, out, scale, size, model_dir, checkpoint, backend, precision, device, chunk, tile, bit_depth,
-         overwrite):
+         overwrite, cache_dir, verbose):
     """Upscale INPUT images (files, folders, or glob patterns) by any factor with a CLIT model.
 
     Gray images stay gray, alpha is upscaled bicubically and re-attached, 16-bit PNGs give
@@ -111,7 +127,7 @@ def main(inputs, out, scale, size, model_dir, checkpoint, backend, precision, de
     size_v = parse_size(size) if size is not None else None
     try:
         engine = make_engine(backend, model_dir=model_dir, checkpoint=checkpoint, precision=precision,
-                             chunk=chunk, device=device, tile=tile)
+                             chunk=chunk, device=device, tile=tile, cache_dir=cache_dir)
     except (ValueError, RuntimeError) as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(f"backend: {engine.name}", err=True)
@@ -119,20 +135,37 @@ def main(inputs, out, scale, size, model_dir, checkpoint, backend, precision, de
     single = len(inputs) == 1 and not inputs[0].is_dir() and not glob.has_magic(str(inputs[0]))
     targets = output_paths(sources, out, single)
     upscaler = Upscaler.from_engine(engine)
+    pipeline = getattr(engine, "pipeline", None)  # graph backends report stages and tile progress
     failed = 0
-    for (src, _), dst in tqdm(list(zip(sources, targets)), desc="images", unit="img", disable=len(sources) < 2):
+    overall = tqdm(total=len(sources), desc="images", unit="img", disable=len(sources) < 2, position=0)
+    for (src, _), dst in zip(sources, targets):
         try:
             if dst.exists() and not overwrite:
                 raise ImageError(f"output {dst} exists (use --overwrite)")
+            t0 = time.perf_counter()
             pic = read_image(src)
-            result = upscaler.upscale(pic.pixels, scale=scale_v, size=size_v)
+            t_read = time.perf_counter() - t0
+            with tqdm(total=0, desc=src.name, unit="tile", leave=False, position=1, disable=pipeline is None) as bar:
+                if pipeline is not None:
+                    pipeline.timings.clear()
+                    pipeline.on_tile = lambda done, total, bar=bar: (setattr(bar, "total", total), bar.update(1))
+                t1 = time.perf_counter()
+                result = upscaler.upscale(pic.pixels, scale=scale_v, size=size_v)
+                t_up = time.perf_counter() - t1
             depth = int(bit_depth) if bit_depth != "auto" else (16 if pic.bit_depth == 16 and
                                                                  dst.suffix.lower() == ".png" else 8)
+            t2 = time.perf_counter()
             write_image(dst, result, bit_depth=depth, icc=pic.icc)
+            if verbose:
+                stages = dict(pipeline.timings) if pipeline is not None else {}
+                tqdm.write(timing_summary(src, result.shape, t_read, t_up, time.perf_counter() - t2, stages),
+                           file=sys.stderr)
         except (ImageError, ValueError) as exc:
             failed += 1
             text = str(exc) if str(exc).startswith(str(src)) else f"{src}: {exc}"
             tqdm.write(f"error: {text}", file=sys.stderr)
+        overall.update(1)
+    overall.close()
     sys.exit(1 if failed else 0)
 
 

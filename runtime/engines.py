@@ -5,10 +5,15 @@ float32, NOT clamped, for a scale or an exact size:
 
 * ``onnxruntime``: an exported model directory through :class:`~clit.runtime.pipeline.Pipeline`
   (CPU provider; the CUDA provider is used when the installed onnxruntime has it).
+* ``tensorrt``: the same pipeline with TensorRT engines built from the model directory and
+  cached (:mod:`clit.runtime.trt_backend`, imported only when asked for; needs TensorRT and
+  cuda-python or pycuda).  Images are always tiled so that every input stays inside the
+  engines' optimisation profiles.
 * ``torch``: the PyTorch reference model from a checkpoint (``clit.train.engine``, imported
   only when asked for; needs ``clit[train]``).
 
-TensorRT is not available as an engine yet.
+``auto`` picks tensorrt when it is importable and a GPU is visible, else ONNX Runtime with
+its CUDA provider when installed, else ONNX Runtime on the CPU (and torch for a checkpoint).
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ from typing import Protocol
 import numpy as np
 
 from .manifest import load_manifest
+from .memory_plan import choose, memory_budget
 from .onnx_backend import OnnxRuntimeRunner
 from .pipeline import DEFAULT_CHUNK, Pipeline
 
-BACKENDS = ("auto", "onnxruntime", "torch")
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 PRECISIONS = ("auto", "fp32", "fp16")
 
 
@@ -33,10 +39,14 @@ class Engine(Protocol):
 
 
 class OnnxEngine:
-    """ONNX Runtime over a model directory."""
+    """ONNX Runtime over a model directory.
 
-    def __init__(self, model_dir: Path, precision: str = "auto", chunk: int = DEFAULT_CHUNK, threads: int = 0,
-                 tile: int | None = None):
+    ``chunk=None`` and ``tile=None`` are chosen per image from the memory available
+    (:mod:`clit.runtime.memory_plan`, at most 4 GiB, or ``memory_limit`` bytes); ``tile=0``
+    never tiles.  Neither changes the result."""
+
+    def __init__(self, model_dir: Path, precision: str = "auto", chunk: int | None = None, threads: int = 0,
+                 tile: int | None = None, memory_limit: int | None = None):
         import onnxruntime as ort
 
         manifest = load_manifest(model_dir)
@@ -46,18 +56,60 @@ class OnnxEngine:
             precision = "fp16" if gpu and "fp16" in manifest.data.get("precisions", []) else "fp32"
         self.pipeline = Pipeline(manifest, OnnxRuntimeRunner(manifest, providers=providers, threads=threads),
                                  precision=precision)
-        self.chunk, self.tile = chunk, tile
+        self.chunk, self.tile, self.memory_limit = chunk, tile, memory_limit
         self.name = f"onnxruntime-{'cuda' if gpu else 'cpu'} {precision}"
+
+    def settings(self, lr_size, scale=None, size=None) -> tuple[int | None, int]:
+        """(tile, chunk) used for an image of ``lr_size``: the given ones or the memory plan's."""
+        if self.tile is not None and self.chunk is not None:
+            return (self.tile or None), self.chunk
+        plan = self.pipeline.plan(lr_size, scale=scale, size=size)
+        tile, chunk = choose(self.pipeline.manifest, plan, memory_budget(self.memory_limit), self.chunk)
+        return (tile if self.tile is None else (self.tile or None)), chunk
+
+    def upscale(self, img, scale=None, size=None):
+        tile, chunk = self.settings(img.shape[:2], scale=scale, size=size)
+        return self.pipeline.upscale(img, scale=scale, size=size, chunk=chunk, tile=tile)
+
+
+class TensorRTEngine:
+    """TensorRT over a model directory (engines cached under ``cache_dir``)."""
+
+    def __init__(self, model_dir: Path, precision: str = "auto", chunk: int = DEFAULT_CHUNK,
+                 tile: int | None = None, cache_dir: Path | None = None, limits=None):
+        from .trt_backend import TensorRTRunner
+
+        manifest = load_manifest(model_dir)
+        precision = "fp16" if precision == "auto" else precision
+        self.runner = TensorRTRunner(manifest, precision=precision, limits=limits, cache_dir=cache_dir)
+        limits = self.runner.limits  # given, else those of the last clit-build, else defaults
+        self.pipeline = Pipeline(manifest, self.runner, precision="fp16" if self.runner.strong else "fp32")
+        self.chunk = min(chunk, limits.max_queries)
+        self.tile = min(tile or limits.tile, limits.tile)
+        self.name = f"tensorrt-{self.runner.trt.__version__} {precision} ({self.runner.gpu})"
 
     def upscale(self, img, scale=None, size=None):
         return self.pipeline.upscale(img, scale=scale, size=size, chunk=self.chunk, tile=self.tile)
 
 
+def tensorrt_usable() -> bool:
+    """TensorRT importable and a CUDA device reachable through cuda-python or pycuda."""
+    try:
+        import tensorrt  # noqa: F401
+
+        from .cuda_mem import open_cuda
+
+        open_cuda()
+    except Exception:  # ImportError, no driver, no device: all mean "not here"
+        return False
+    return True
+
+
 def make_engine(backend: str = "auto", model_dir: Path | None = None, checkpoint: Path | None = None,
-                precision: str = "auto", chunk: int = DEFAULT_CHUNK, device: str = "cpu",
-                tile: int | None = None) -> Engine:
-    """The engine for ``backend``: ``auto`` picks onnxruntime for a model directory and
-    torch for a checkpoint.  ``tile`` (LR pixels, onnxruntime only) evaluates the output in
+                precision: str = "auto", chunk: int | None = None, device: str = "cpu",
+                tile: int | None = None, cache_dir: Path | None = None) -> Engine:
+    """The engine for ``backend``: ``auto`` picks tensorrt (when usable) or onnxruntime for a
+    model directory and torch for a checkpoint.  ``tile`` (LR pixels, onnxruntime only) evaluates the output in
     tiles with bounded memory.  Raises ``ValueError`` for impossible combinations."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r} (one of {', '.join(BACKENDS)})")
@@ -66,7 +118,15 @@ def make_engine(backend: str = "auto", model_dir: Path | None = None, checkpoint
     if (model_dir is None) == (checkpoint is None):
         raise ValueError("give exactly one of a model directory or a checkpoint")
     if backend == "auto":
-        backend = "onnxruntime" if model_dir is not None else "torch"
+        if model_dir is None:
+            backend = "torch"
+        else:
+            backend = "tensorrt" if tensorrt_usable() else "onnxruntime"
+    if backend == "tensorrt":
+        if model_dir is None:
+            raise ValueError("the tensorrt backend needs a model directory (clit-export makes one)")
+        return TensorRTEngine(Path(model_dir), precision=precision, chunk=chunk or DEFAULT_CHUNK, tile=tile,
+                              cache_dir=cache_dir)
     if backend == "onnxruntime":
         if model_dir is None:
             raise ValueError("the onnxruntime backend needs a model directory (clit-export makes one)")
@@ -75,10 +135,10 @@ def make_engine(backend: str = "auto", model_dir: Path | None = None, checkpoint
         raise ValueError("the torch backend needs a checkpoint (.pth)")
     if precision == "fp16":
         raise ValueError("the torch backend runs in fp32 only")
-    if tile is not None:
-        raise ValueError("tiling (--tile) is done by the onnxruntime backend; the torch reference runs whole")
+    if tile:
+        raise ValueError("tiling (--tile) is done by the graph backends; the torch reference runs whole")
     try:
         from clit.train.engine import TorchEngine
     except ImportError:
         raise RuntimeError("the torch backend needs PyTorch: pip install 'clit[train]'") from None
-    return TorchEngine(Path(checkpoint), device=device, chunk=chunk)
+    return TorchEngine(Path(checkpoint), device=device, chunk=chunk or DEFAULT_CHUNK)

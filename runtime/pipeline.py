@@ -11,6 +11,10 @@ manifest lists (see :mod:`clit.runtime.onnx_backend`).
 
 from __future__ import annotations
 
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from contextlib import contextmanager
 from typing import Protocol
 
 import numpy as np
@@ -61,8 +65,18 @@ class Pipeline:
 
     def __init__(self, manifest: Manifest, runner: GraphRunner, precision: str = "fp32"):
         self.manifest, self.runner, self.precision = manifest, runner, precision
+        self.timings: dict[str, float] = defaultdict(float)  # seconds per stage, summed over calls
+        self.on_tile: Callable[[int, int], None] | None = None  # progress: (tiles done, tiles total)
         # (kind, branch) -> graph file, resolved once (fails here if a variant is missing)
         self._files = {(g.kind, g.branch): g.file_for(precision) for g in manifest.graphs}
+
+    @contextmanager
+    def _timed(self, stage: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] += time.perf_counter() - t0
 
     def _file(self, kind: str, branch: int = 0) -> str:
         if (kind, branch) not in self._files:
@@ -74,7 +88,8 @@ class Pipeline:
 
     def encode(self, image: np.ndarray) -> list[np.ndarray]:
         """image (1, 3, h, w) float32 in [0, 1] -> feat, q, k, v."""
-        return self.runner.run(self._file("encoder"), {"image": image})
+        with self._timed("encoder"):
+            return self.runner.run(self._file("encoder"), {"image": image})
 
     def branch_maps(self, feat: np.ndarray, feat_origin, k: int, grid: tuple[int, int], lr_size,
                     rows: Span, cols: Span) -> list[np.ndarray]:
@@ -88,7 +103,8 @@ class Pipeline:
         feeds = {"feat": feat, "offset": np.asarray(feat_origin, dtype=np.int32),
                  "size": np.asarray(lr_size, dtype=np.float32),
                  "rows": pixel_centres(gh)[h0:h1], "cols": pixel_centres(gw)[w0:w1]}
-        maps = self.runner.run(self._file("branch", k), feeds)
+        with self._timed(f"branch {k + 1} maps"):
+            maps = self.runner.run(self._file("branch", k), feeds)
         return [np.ascontiguousarray(m[:, :, rows[0] - h0:rows[1] - h0, cols[0] - w0:cols[1] - w0]) for m in maps]
 
     def decode(self, k: int, maps, grid, coord: np.ndarray, cell: np.ndarray, offset=(0, 0)) -> np.ndarray:
@@ -100,7 +116,8 @@ class Pipeline:
                  "size": np.array([gh, gw], dtype=np.float32), "rows": pixel_centres(gh),
                  "cols": pixel_centres(gw), "drow": neighbour_offsets(gh, r), "dcol": neighbour_offsets(gw, r),
                  "coord": coord[None], "cell": cell}
-        return self.runner.run(self._file("decoder", k), feeds)[0][0]
+        with self._timed(f"branch {k + 1} decoder"):
+            return self.runner.run(self._file("decoder", k), feeds)[0][0]
 
     def upscale(self, img: np.ndarray, scale=None, size=None, chunk: int = DEFAULT_CHUNK,
                 tile: int | None = None) -> np.ndarray:
@@ -135,9 +152,11 @@ class Pipeline:
         whole = self.encode(x) if tile is None or self.manifest.encoder_halo == 0 else None
         x_norm = (x[0] - np.float32(NORM_MEAN)) / np.float32(NORM_STD)
         out = np.empty((out_h, out_w, 3), dtype=np.float32)
-        for ys in tile_spans(out_h, h, tile):
-            for xs in tile_spans(out_w, w, tile):
-                out[ys[0]:ys[1], xs[0]:xs[1]] = self._tile(x, x_norm, plan, ys, xs, chunk, whole)
+        tiles = [(ys, xs) for ys in tile_spans(out_h, h, tile) for xs in tile_spans(out_w, w, tile)]
+        for i, (ys, xs) in enumerate(tiles):
+            out[ys[0]:ys[1], xs[0]:xs[1]] = self._tile(x, x_norm, plan, ys, xs, chunk, whole)
+            if self.on_tile is not None:
+                self.on_tile(i + 1, len(tiles))
         return out * np.float32(NORM_STD) + np.float32(NORM_MEAN)
 
     def _tile(self, x, x_norm, plan: CascadePlan, ys: Span, xs: Span, chunk: int, whole) -> np.ndarray:
@@ -175,5 +194,6 @@ class Pipeline:
                 stop = min(start + chunk, n)
                 res = self.decode(k, maps, grid, coord[start:stop], plan.cell, offset)
                 acc[start:stop] = res if k == 0 else res + acc[start:stop] * np.float32(CASCADE_DISCOUNT)
-        acc += bilinear_border(x_norm, coord[:, 0], coord[:, 1])
+        with self._timed("bilinear skip"):
+            acc += bilinear_border(x_norm, coord[:, 0], coord[:, 1])
         return acc.reshape(ys[1] - ys[0], xs[1] - xs[0], 3)

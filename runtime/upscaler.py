@@ -9,7 +9,6 @@ from PIL import Image
 
 from .engines import make_engine
 from .images import quantize
-from .pipeline import DEFAULT_CHUNK
 
 
 class Upscaler:
@@ -24,7 +23,7 @@ class Upscaler:
     """
 
     def __init__(self, model_dir=None, backend: str = "auto", precision: str = "auto", *,
-                 checkpoint=None, chunk: int = DEFAULT_CHUNK, tile: int | None = None, device: str = "cpu"):
+                 checkpoint=None, chunk: int | None = None, tile: int | None = None, device: str = "cpu"):
         if model_dir is None and checkpoint is None:
             raise ValueError("no model: pass model_dir (made by clit-export) or checkpoint= "
                              "(the bundled default model does not exist yet)")

@@ -1,0 +1,72 @@
+"""``clit-build``: build (and cache) the TensorRT engines of a model directory ahead of time."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .engine_cache import DEFAULT_CACHE_DIR
+from .manifest import ModelDirError, load_manifest
+from .trt_profiles import BuildLimits, input_profiles
+
+
+def parse_lr(text: str) -> int:
+    """'1024x768' (WxH) or '1024' -> the largest side, the tile the engines are built for."""
+    try:
+        sides = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not WxH or N") from None
+    if len(sides) not in (1, 2) or min(sides) < 1:
+        raise click.BadParameter(f"{text!r}: sides must be >= 1")
+    return max(sides)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True)
+@click.option("--max-lr", default="512x512", show_default=True,
+              help="Largest LR tile the engines take (WxH); larger images are tiled, with identical results.")
+@click.option("--max-queries", type=click.IntRange(min=1), default=32768, show_default=True,
+              help="Largest decoder chunk N (clit-infer --chunk is capped to it).")
+@click.option("--max-image", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="Largest LR image side (bounds the decoders' 1-D coordinate tables only).")
+@click.option("--workspace", type=click.IntRange(min=64), default=1024, show_default=True,
+              help="Builder workspace limit in MiB.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              help=f"Engine cache folder [default: {DEFAULT_CACHE_DIR}].")
+@click.option("--print-profiles", is_flag=True,
+              help="Only print each graph's (min, opt, max) input shapes as JSON (needs no TensorRT).")
+def main(model_dir, precision, max_lr, max_queries, max_image, workspace, cache_dir, print_profiles):
+    """Build the TensorRT engines of MODEL_DIR into the engine cache (what a Jetson user runs
+    once on the device).  clit-infer --backend tensorrt then finds them; the limits used
+    here are remembered per model and cache folder."""
+    try:
+        manifest = load_manifest(model_dir)
+        tile = parse_lr(max_lr)
+        limits = BuildLimits(tile=tile, max_queries=max_queries, max_image=max(max_image, tile),
+                             opt_tile=min(256, tile), opt_queries=min(8192, max_queries))
+        if print_profiles:
+            doc = {g.file: {name: [list(s) for s in shapes]
+                            for name, shapes in input_profiles(manifest, g, limits).items()}
+                   for g in manifest.graphs}
+            click.echo(json.dumps(doc, indent=1))
+            return
+        from .trt_backend import TensorRTRunner, save_limits
+
+        runner = TensorRTRunner(manifest, precision=precision, limits=limits, cache_dir=cache_dir,
+                                workspace=workspace << 20)
+        for line in runner.build_all():
+            click.echo(line)
+        save_limits(runner.cache, manifest, limits)
+        click.echo(f"engines for {model_dir} ({precision}, TensorRT {runner.trt.__version__}, {runner.gpu}) "
+                   f"in {runner.cache.root}")
+    except (ModelDirError, ValueError, RuntimeError) as exc:
+        click.echo(f"clit-build: error: {exc}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

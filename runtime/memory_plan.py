@@ -1,0 +1,95 @@
+"""Default tile and chunk sizes from the memory available (numpy-free, torch-free).
+
+The graph backends' peak memory is, per image (``benchmarks/memory.py`` measures it):
+
+* the output buffers: about 3 float32 copies of the (H, W, C) output;
+* per decoder session (one per branch): ONNX Runtime's arena holds the largest chunk's
+  intermediates, about ``DECODER_TENSORS`` tensors of N x 49 x max(C, encoding width)
+  float32 (calibrated on edsr_clit2_small, C = 32, chunk 8192: ~0.5 GB per session);
+* per tile: q/k/v of each branch's window (3 C float32 per grid pixel, the window being the
+  tile times the grid's scale) and the encoder's working set on the LR window
+  (``ENCODER_CHANNELS`` float32 per pixel for the encoders supported).
+
+The defaults pick the largest chunk (<= 8192) and tile whose estimate fits the budget:
+``min(available memory, 4 GiB) * BUDGET_FRACTION``.  They are estimates with margins, not
+guarantees; ``--tile`` and ``--chunk`` override them.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .geometry import CascadePlan
+from .manifest import Manifest
+
+GIB = 1 << 30
+DECODER_TENSORS = 4
+ENCODER_CHANNELS = 1024  # e.g. EDSR-baseline: 64 features x ~16 live tensors
+BUDGET_FRACTION = 0.75
+TILE_CHOICES = (1024, 768, 512, 384, 256, 192, 128, 96, 64, 48, 32)
+CHUNK_CHOICES = (8192, 4096, 2048, 1024)
+
+
+def available_memory() -> int:
+    """Bytes the system can still give this process (Linux MemAvailable; else physical)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 4 * GIB
+
+
+def memory_budget(limit: int | None = None) -> int:
+    """Bytes the pipeline may plan for: ``limit`` or min(available, 4 GiB), times the fraction."""
+    total = limit if limit is not None else min(available_memory(), 4 * GIB)
+    return int(total * BUDGET_FRACTION)
+
+
+def _width(manifest: Manifest) -> int:
+    enc = (manifest.data.get("model_args", {}).get("pb_spec") or {}).get("args", {}).get("enc_dims", 64)
+    return max(int(manifest.data["base_dim"]), int(enc))
+
+
+def decoder_bytes(manifest: Manifest, chunk: int) -> int:
+    """Arena of one decoder session for chunks of ``chunk`` queries."""
+    area = (2 * manifest.radius + 1) ** 2
+    return DECODER_TENSORS * chunk * area * _width(manifest) * 4
+
+
+def tile_bytes(manifest: Manifest, plan: CascadePlan, tile: int) -> int:
+    """Encoder working set and every active branch's q/k/v window for LR tiles of ``tile``."""
+    c, r = int(manifest.data["base_dim"]), manifest.radius
+    margin = 2 * (r + 3 + manifest.encoder_halo)
+    whole = manifest.encoder_halo == 0  # SwinIR: the encoder always sees the whole image
+    side = (max(plan.lr_size) if whole else min(tile, max(plan.lr_size))) + margin
+    total = ENCODER_CHANNELS * side * side * 4
+    for (gh, gw) in plan.grids:
+        fh = min(gh, tile * gh / plan.lr_size[0] + 2 * r + 6)
+        fw = min(gw, tile * gw / plan.lr_size[1] + 2 * r + 6)
+        total += int(2 * 3 * c * fh * fw * 4)  # the maps and the cropped window copy
+    return total
+
+
+def output_bytes(plan: CascadePlan) -> int:
+    h, w = plan.out_size
+    return 3 * h * w * 4 * 4  # float32 output, its de-normalised copy, clamp, channel handling
+
+
+def choose(manifest: Manifest, plan: CascadePlan, budget: int, chunk: int | None = None) -> tuple[int | None, int]:
+    """(tile, chunk) for ``plan`` within ``budget`` bytes: tile ``None`` when the whole image
+    fits.  A given ``chunk`` is kept; otherwise the largest that leaves room for tiles."""
+    sessions = plan.n_branches
+    room = budget - output_bytes(plan)
+    if chunk is None:
+        chunk = next((c for c in CHUNK_CHOICES if sessions * decoder_bytes(manifest, c) <= room / 2), CHUNK_CHOICES[-1])
+    room -= sessions * decoder_bytes(manifest, chunk)
+    if tile_bytes(manifest, plan, max(plan.lr_size)) <= room:
+        return None, chunk
+    tile = next((t for t in TILE_CHOICES if tile_bytes(manifest, plan, t) <= room), TILE_CHOICES[-1])
+    return tile, chunk

@@ -1,0 +1,87 @@
+"""TensorRT optimisation profiles for a model directory (pure Python: no TensorRT needed).
+
+A TensorRT engine accepts input shapes within the (min, opt, max) ranges it was built
+for.  The runtime feeds each graph windows bounded by the LR tile (see
+:mod:`clit.runtime.tiling`), so the ranges follow from three limits:
+
+* ``tile``: the largest LR tile side the pipeline uses with this engine;
+* ``max_queries``: the largest decoder chunk N;
+* ``max_image``: the largest LR image side (only the decoders' 1-D coordinate tables of a
+  whole grid depend on it; they are cheap).
+
+Branch k (0-based) reads a grid at most ``4**k`` times the LR per side (stage base 4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .geometry import STAGE_BASE, window_padded_size
+from .manifest import GraphEntry, Manifest, ModelDirError
+
+Range = tuple[int, int, int]  # (min, opt, max) of one dimension
+
+
+@dataclass(frozen=True)
+class BuildLimits:
+    tile: int = 512
+    max_queries: int = 32768
+    max_image: int = 4096
+    opt_tile: int = 256
+    opt_queries: int = 8192
+
+    def __post_init__(self):
+        if min(self.tile, self.max_queries, self.max_image, self.opt_tile, self.opt_queries) < 1:
+            raise ValueError(f"build limits must be positive: {self}")
+
+
+def encoder_window(manifest: Manifest, limits: BuildLimits) -> int:
+    """Largest LR window the encoder sees: the tile, the decoders' neighbourhood and the
+    branch inputs' bilinear reach, plus the receptive-field halo on each side.  Encoders
+    that cannot be tiled (halo 0, SwinIR) see the whole (window-padded) image."""
+    if manifest.encoder_halo == 0:
+        return max(window_padded_size((limits.max_image, limits.max_image), max(manifest.window_size, 1)))
+    return limits.tile + 2 * (manifest.radius + 3 + manifest.encoder_halo)
+
+
+def grid_window(manifest: Manifest, limits: BuildLimits, branch: int) -> int:
+    """Largest window of branch ``branch``'s grid that one tile's queries read (plus the
+    branch convs' one-pixel halo)."""
+    if branch == 0:
+        return encoder_window(manifest, limits)
+    return int(limits.tile * STAGE_BASE**branch) + 2 * manifest.radius + 6
+
+
+def dim_ranges(manifest: Manifest, graph: GraphEntry, limits: BuildLimits) -> dict[str, Range]:
+    """(min, opt, max) of every symbolic dimension of ``graph``'s inputs."""
+    enc = encoder_window(manifest, limits)
+    opt = min(limits.opt_tile, enc)
+    k = graph.branch
+    if graph.kind == "encoder":
+        return {"H": (1, opt, enc), "W": (1, opt, enc)}
+    win = grid_window(manifest, limits, k)
+    table = int(limits.max_image * STAGE_BASE**k)
+    if graph.kind == "branch":
+        return {"hf": (1, opt, enc), "wf": (1, opt, enc), "Hw": (1, min(opt, win), win),
+                "Ww": (1, min(opt, win), win)}
+    if graph.kind == "decoder":
+        return {"hq": (1, min(opt, win), win), "wq": (1, min(opt, win), win), "h": (1, min(opt, table), table),
+                "w": (1, min(opt, table), table), "N": (1, min(limits.opt_queries, limits.max_queries),
+                                                       limits.max_queries)}
+    raise ModelDirError(f"unknown graph kind {graph.kind!r}")
+
+
+def input_profiles(manifest: Manifest, graph: GraphEntry, limits: BuildLimits) -> dict[str, tuple[tuple, tuple, tuple]]:
+    """Input name -> (min shape, opt shape, max shape) for every input with a symbolic dim."""
+    dims = dim_ranges(manifest, graph, limits)
+    out = {}
+    for spec in graph.inputs:
+        shape = spec["shape"]
+        if all(isinstance(d, int) for d in shape):
+            continue
+        unknown = [d for d in shape if isinstance(d, str) and d not in dims]
+        if unknown:
+            raise ModelDirError(f"{graph.file}: input {spec['name']} has dimension(s) {unknown} this runtime "
+                                "does not know how to bound (model directory from another version?)")
+        out[spec["name"]] = tuple(tuple(d if isinstance(d, int) else dims[d][i] for d in shape) for i in range(3))
+    return out
