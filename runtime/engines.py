@@ -25,7 +25,7 @@ import numpy as np
 
 from .manifest import load_manifest
 from .memory_plan import choose, memory_budget
-from .onnx_backend import OnnxRuntimeRunner
+from .onnx_backend import OnnxRuntimeRunner, default_providers
 from .pipeline import DEFAULT_CHUNK, Pipeline
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
@@ -50,10 +50,11 @@ class OnnxEngine:
         import onnxruntime as ort
 
         manifest = load_manifest(model_dir)
-        gpu = "CUDAExecutionProvider" in ort.get_available_providers()
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
+        available = ort.get_available_providers()
+        gpu = "CUDAExecutionProvider" in available
         if precision == "auto":  # FP16 pays off on GPUs; on CPUs it is slower and less exact
             precision = "fp16" if gpu and "fp16" in manifest.data.get("precisions", []) else "fp32"
+        providers = default_providers(available, precision)
         self.pipeline = Pipeline(manifest, OnnxRuntimeRunner(manifest, providers=providers, threads=threads),
                                  precision=precision)
         self.chunk, self.tile, self.memory_limit = chunk, tile, memory_limit

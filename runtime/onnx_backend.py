@@ -1,10 +1,41 @@
-"""ONNX Runtime backend: one InferenceSession per graph file, created on first use."""
+"""ONNX Runtime backend: one InferenceSession per graph file, created on first use.
+
+Execution providers, best first, among those the installed onnxruntime has
+(:func:`default_providers`):
+
+* ``TensorrtExecutionProvider`` (GPU builds with TensorRT): ``trt_fp16_enable`` for FP16,
+  ``trt_engine_cache_enable`` with ``trt_engine_cache_path`` (our engine cache folder,
+  sub-folder ``ort-trt``) so engines are built once, ``trt_timing_cache_enable``;
+* ``CUDAExecutionProvider``: ``cudnn_conv_algo_search = HEURISTIC`` (no per-shape
+  benchmarking: the windows change size from tile to tile);
+* ``CPUExecutionProvider``: ``intra_op_num_threads`` = ``threads`` (0 = all cores), the
+  memory arena on (it keeps each session's peak, see README, Benchmarks).
+
+The ORT TensorRT provider is only used when asked for (``use_tensorrt=True``): it builds
+its own engines per input shape, which a tiled pipeline with varying windows triggers often;
+our ``tensorrt`` backend with fixed profiles is the recommended TensorRT path.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
 from .manifest import Manifest
+
+
+def default_providers(available: list[str], precision: str = "fp32", cache_dir: str | None = None,
+                      use_tensorrt: bool = False) -> list:
+    """The provider list (names or (name, options) pairs) for ``InferenceSession``."""
+    out: list = []
+    if use_tensorrt and "TensorrtExecutionProvider" in available:
+        opts = {"trt_fp16_enable": precision == "fp16", "trt_timing_cache_enable": True}
+        if cache_dir is not None:
+            opts.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(cache_dir))
+        out.append(("TensorrtExecutionProvider", opts))
+    if "CUDAExecutionProvider" in available:
+        out.append(("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}))
+    out.append("CPUExecutionProvider")
+    return out
 
 
 class OnnxRuntimeRunner:

@@ -99,3 +99,15 @@ def test_upscaler_dtypes_channels_and_errors(model_dir, rng):
         Upscaler()
     with pytest.raises(ValueError, match="no manifest.json"):
         Upscaler(model_dir.parent)
+
+
+def test_onnxruntime_provider_preferences():
+    from clit.runtime.onnx_backend import default_providers
+
+    assert default_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    names = [p[0] if isinstance(p, tuple) else p for p in default_providers(gpu)]
+    assert names == ["CUDAExecutionProvider", "CPUExecutionProvider"]  # ORT's TensorRT EP only on request
+    trt, cuda, cpu = default_providers(gpu, "fp16", "/cache", use_tensorrt=True)
+    assert trt[0] == "TensorrtExecutionProvider" and trt[1]["trt_fp16_enable"] is True
+    assert trt[1]["trt_engine_cache_path"] == "/cache" and cuda[1]["cudnn_conv_algo_search"] == "HEURISTIC"
