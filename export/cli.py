@@ -96,7 +96,7 @@ def build_manifest(ckpt_path: Path, args: dict, model, graphs: list[dict], opset
     safe = max_safe_queries(model.dim, model.r, enc_dims)
     return {
         "format_version": FORMAT_VERSION,
-        "source": {"checkpoint": ckpt_path.name, "sha256": sha256_file(ckpt_path)},
+        "source": {"checkpoint": ckpt_path.name, "path": str(ckpt_path.resolve()), "sha256": sha256_file(ckpt_path)},
         "model_args": args,
         "n_branches": model.n_branches,
         "radius": model.r,

@@ -29,7 +29,7 @@ from .onnx_backend import OnnxRuntimeRunner, default_providers
 from .pipeline import DEFAULT_CHUNK, Pipeline
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
-PRECISIONS = ("auto", "fp32", "fp16")
+PRECISIONS = ("auto", "fp32", "fp16", "int8")  # int8: a clit-calibrate model directory
 
 
 class Engine(Protocol):

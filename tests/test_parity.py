@@ -1,0 +1,107 @@
+"""clit-parity: passes for ONNX Runtime FP32, fails and names the stage for a corrupted model,
+reference round trip without torch, clear errors for bad inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+
+from clit.calibration.cli import main as parity_cli  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from conftest import GOLDEN
+
+    from clit.export.cli import main as export_cli
+
+    ckpt = GOLDEN / "edsr_clit2_small.pth"
+    if not ckpt.is_file():
+        pytest.skip(f"golden models not found at {GOLDEN}")
+    out = tmp_path_factory.mktemp("parity") / "model"
+    res = CliRunner().invoke(export_cli, [str(ckpt), "-o", str(out), "--precision", "fp32", "--no-parity"])
+    assert res.exit_code == 0, res.output
+    return ckpt, out
+
+
+def run(*args):
+    return CliRunner().invoke(parity_cli, [str(a) for a in args])
+
+
+def test_fp32_onnxruntime_passes_with_reports(exported, data_dir, tmp_path):
+    ckpt, model = exported
+    res = run("--model", model, "--data", data_dir / "Set5" / "HR", "--scales", "2,6", "--max-images", 2,
+              "--hr-crop", 96, "--json", tmp_path / "r.json", "--markdown", tmp_path / "r.md")
+    assert res.exit_code == 0, res.output
+    assert "PASS" in res.output
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["pass"] and len(doc["rows"]) == 4 and [s["scale"] for s in doc["by_scale"]] == [2.0, 6.0]
+    for r in doc["rows"]:
+        assert r["max_abs"] <= 1e-4 and r["psnr_reference"] > 15 and abs(r["delta_psnr"]) < 1e-3
+    assert "| 6 | 2 |" in (tmp_path / "r.md").read_text()
+
+
+def test_corrupted_branch_is_named(exported, data_dir, tmp_path):
+    ckpt, model = exported
+    bad = tmp_path / "bad"
+    shutil.copytree(model, bad)
+    graph = onnx.load(str(bad / "decoder2.onnx"))  # branch 2's decoder
+    init = max(graph.graph.initializer, key=lambda t: t.dims[0] if len(t.dims) == 1 else 0)
+    arr = onnx.numpy_helper.to_array(init).copy()
+    arr += 0.05
+    init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
+    onnx.save(graph, str(bad / "decoder2.onnx"))
+    res = run("--model", bad, "--checkpoint", ckpt, "--data", data_dir / "Set5" / "HR", "--scales", "2,6",
+              "--max-images", 1, "--hr-crop", 96, "--json", tmp_path / "bad.json")
+    assert res.exit_code == 1, res.output
+    assert "FAIL" in res.output and "x6" in res.output and "x2:" not in res.output  # x2 uses branch 1 only
+    assert "first diverging stage" in res.output and "branch 2 residual" in res.output
+    stages = json.loads((tmp_path / "bad.json").read_text())["stages"]
+    first = [s for s in stages if s["first"]][0]
+    assert first["stage"] == "branch 2 residual"
+    assert all(not s["over"] for s in stages[: stages.index(first)])  # encoder and maps agree
+
+
+def test_reference_round_trip_without_torch(exported, data_dir, tmp_path):
+    ckpt, model = exported
+    ref = tmp_path / "ref.npz"
+    args = ["--model", model, "--data", data_dir / "Set14" / "HR", "--scales", "3.7", "--max-images", 2,
+            "--hr-crop", 64]
+    res = run(*args, "--save-reference", ref)
+    assert res.exit_code == 0 and ref.is_file(), res.output
+    script = ("import sys; sys.modules['torch'] = None\n"
+              "from clit.calibration.cli import main\n"
+              f"main({[str(a) for a in args] + ['--reference', str(ref)]!r})\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "PASS" in done.stdout
+    # the same reference does not fit other inputs
+    res = run(*args[:-4], "--max-images", 3, "--hr-crop", 64, "--reference", ref)
+    assert res.exit_code == 2 and "no reference for" in res.output
+    res = run(*args[:-2], "--hr-crop", 80, "--reference", ref)
+    assert res.exit_code == 2 and "differs" in res.output
+
+
+def test_bad_inputs(exported, data_dir, tmp_path):
+    ckpt, model = exported
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = run("--model", model, "--checkpoint", ckpt, "--data", empty)
+    assert res.exit_code == 2 and "no images" in res.output
+    orphan = tmp_path / "orphan"
+    shutil.copytree(model, orphan)
+    manifest = json.loads((orphan / "manifest.json").read_text())
+    manifest["source"]["path"] = str(tmp_path / "gone.pth")
+    (orphan / "manifest.json").write_text(json.dumps(manifest))
+    res = run("--model", orphan, "--data", data_dir / "Set5" / "HR", "--max-images", 1)
+    assert res.exit_code == 2 and "was not found" in res.output and "--checkpoint" in res.output
+    res = run("--model", model, "--data", data_dir / "Set5" / "HR", "--reference", tmp_path / "nope.npz")
+    assert res.exit_code == 2 and "not a clit-parity reference" in res.output
