@@ -1,8 +1,9 @@
-"""``clit-parity``: does a deployed model directory compute what the PyTorch model computes?"""
+"""``clit-parity`` (does a deployed model compute what PyTorch computes?) and ``clit-calibrate`` (INT8)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -136,3 +137,40 @@ def main(model_dir, checkpoint, reference, backend, precision, folder, scales, m
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+              help="INT8 model directory to create (a copy of MODEL_DIR plus *.int8.onnx variants).")
+@click.option("--data", "folder", required=True, type=click.Path(path_type=Path),
+              help="Folder of real HR images for calibration (not the evaluation images).")
+@click.option("--images", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Calibration images (the first N of the folder).")
+@click.option("--scales", default="2,4,8", show_default=True, help="Scales the calibration runs at.")
+@click.option("--hr-crop", type=click.IntRange(min=16), default=128, show_default=True)
+@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+              show_default=True, help="Range calibration method.")
+@click.option("--keep-fp32", default="", help="Comma-separated extra ONNX node names to keep in floating point.")
+@click.option("--cache-dir", type=click.Path(path_type=Path),
+              help="Reuse (or create) tensor-range caches here instead of OUT/calibration.")
+@click.option("--force", is_flag=True, help="Replace an existing output directory.")
+def calibrate_main(model_dir, out, folder, images, scales, hr_crop, method, keep_fp32, cache_dir, force):
+    """Make an INT8 (Q/DQ) model directory from MODEL_DIR with ONNX Runtime's quantisation.
+
+    Check it with: clit-parity --model OUT --precision int8 --data ...
+    """
+    from .int8 import calibrate
+
+    if out.exists():
+        if not force:
+            raise click.UsageError(f"{out} exists (use --force)")
+        shutil.rmtree(out)
+    try:
+        calibrate(model_dir, out, folder, scales=_scales(scales), max_images=images, hr_crop=hr_crop,
+                  method=method, keep_fp32=tuple(n for n in keep_fp32.split(",") if n), cache_dir=cache_dir,
+                  log=lambda msg: click.echo(msg, err=True))
+    except (ParityError, ModelDirError, ValueError, RuntimeError, ImportError) as exc:
+        click.echo(f"clit-calibrate: error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"wrote {out}")

@@ -105,3 +105,41 @@ def test_bad_inputs(exported, data_dir, tmp_path):
     assert res.exit_code == 2 and "was not found" in res.output and "--checkpoint" in res.output
     res = run("--model", model, "--data", data_dir / "Set5" / "HR", "--reference", tmp_path / "nope.npz")
     assert res.exit_code == 2 and "not a clit-parity reference" in res.output
+
+
+def test_int8_calibration(exported, data_dir, tmp_path):
+    """clit-calibrate writes Q/DQ variants (float kept where asked), its range caches are
+    reused, and the INT8 directory passes clit-parity's INT8 threshold on real images."""
+    from clit.calibration.cli import calibrate_main
+
+    ckpt, model = exported
+    train = data_dir / "train" / "HR"
+    out = tmp_path / "int8"
+    res = CliRunner().invoke(calibrate_main, [str(model), "-o", str(out), "--data", str(train), "--images", "3",
+                                              "--scales", "2,6", "--hr-crop", "96"])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "int8" in manifest["precisions"] and manifest["int8"]["method"] == "minmax"
+    for g in manifest["graphs"]:
+        q = onnx.load(str(out / g["variants"]["int8"]["file"]))
+        ops = [n.op_type for n in q.graph.node]
+        assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > 0, g["file"]
+        if g["kind"] == "decoder":  # the output layer stays in float: no dequantized weight feeds it
+            made_by = {o: n.op_type for n in q.graph.node for o in n.output}
+            last = [n for n in q.graph.node if n.op_type in ("MatMul", "Gemm")][-1]
+            assert made_by.get(last.input[1]) != "DequantizeLinear"
+    caches = sorted(p.name for p in (out / "calibration").iterdir())
+    assert caches == sorted(f"{g['file'][:-5]}.json" for g in manifest["graphs"])
+    again = tmp_path / "again"
+    res = CliRunner().invoke(calibrate_main, [str(model), "-o", str(again), "--data", str(train), "--images", "1",
+                                              "--scales", "2,6", "--hr-crop", "96", "--cache-dir",
+                                              str(out / "calibration")])
+    assert res.exit_code == 0, res.output
+    for g in manifest["graphs"]:
+        f = g["variants"]["int8"]["file"]
+        assert (again / f).read_bytes() == (out / f).read_bytes(), f  # other images, but the cached ranges
+    res = CliRunner().invoke(calibrate_main, [str(model), "-o", str(out), "--data", str(train)])
+    assert res.exit_code == 2 and "exists" in res.output
+    res = run("--model", out, "--checkpoint", ckpt, "--precision", "int8", "--data", data_dir / "Set5" / "HR",
+              "--scales", "2,4", "--max-images", 2, "--hr-crop", 96)
+    assert res.exit_code == 0, res.output

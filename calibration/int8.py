@@ -1,0 +1,144 @@
+"""INT8 model directories by explicit quantisation (Q/DQ nodes) with ONNX Runtime's tools.
+
+Calibration data are the graphs' real inputs: LR crops of real images (the evaluation
+protocol's LR making, see :func:`clit.calibration.parity.make_cases`) pushed through the FP32
+pipeline at several scales, recorded per graph.  Each graph is then quantised by
+``onnxruntime.quantization.quantize_static`` in QDQ format, symmetric INT8 weights
+(per channel) and activations, the form ONNX Runtime and TensorRT (8.5 on; required from 11)
+both consume.  Kept in floating point: the manifest's ``fp32_layers`` (coordinate math,
+positional encoding, softmax) and the last layer of each decoder; ``keep_fp32`` adds more.
+Tensor ranges are saved per graph (``calibration/*.json`` in the output directory, ORT's
+calibration cache) and reused when the same cache folder is given again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from clit.runtime.manifest import MANIFEST, Manifest, load_manifest
+from clit.runtime.onnx_backend import OnnxRuntimeRunner
+from clit.runtime.pipeline import Pipeline
+
+from .parity import make_cases
+
+METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
+
+
+class RecordingRunner(OnnxRuntimeRunner):
+    """The FP32 ONNX Runtime runner, keeping up to ``per_graph`` input sets per graph file
+    (decoder query sets subsampled to ``max_queries``)."""
+
+    def __init__(self, manifest: Manifest, per_graph: int, max_queries: int, seed: int = 0):
+        super().__init__(manifest)
+        self.per_graph, self.max_queries = per_graph, max_queries
+        self.rng = np.random.default_rng(seed)
+        self.feeds: dict[str, list[dict[str, np.ndarray]]] = {}
+        self.seen: dict[str, int] = {}
+
+    def run(self, file, feeds):
+        names = {i.name for i in self.session(file).get_inputs()}
+        kept = {k: np.array(v, copy=True) for k, v in feeds.items() if k in names}
+        if "coord" in kept and kept["coord"].shape[1] > self.max_queries:
+            pick = np.sort(self.rng.choice(kept["coord"].shape[1], self.max_queries, replace=False))
+            kept["coord"] = np.ascontiguousarray(kept["coord"][:, pick])
+        n = self.seen.get(file, 0)
+        self.seen[file] = n + 1
+        bucket = self.feeds.setdefault(file, [])
+        if len(bucket) < self.per_graph:
+            bucket.append(kept)
+        else:  # reservoir sampling: every call equally likely to be kept
+            j = int(self.rng.integers(0, n + 1))
+            if j < self.per_graph:
+                bucket[j] = kept
+        return super().run(file, feeds)
+
+
+def collect_inputs(manifest: Manifest, folder: Path, scales, max_images: int, hr_crop: int,
+                   per_graph: int = 16, max_queries: int = 4096) -> dict[str, list[dict]]:
+    """Each graph's real inputs from the FP32 pipeline on real images at ``scales``."""
+    runner = RecordingRunner(manifest, per_graph, max_queries)
+    pipe = Pipeline(manifest, runner)
+    for case in make_cases(folder, scales, max_images, hr_crop):
+        pipe.upscale(case.lr, scale=case.scale)
+    return runner.feeds
+
+
+def last_linear(model_path: Path) -> list[str]:
+    """Name of the last MatMul/Gemm node (the decoder MLP's output layer)."""
+    import onnx
+
+    nodes = [n for n in onnx.load(str(model_path), load_external_data=False).graph.node if n.op_type in ("MatMul", "Gemm")]
+    return [nodes[-1].name] if nodes else []
+
+
+def quantize_graph(src: Path, dst: Path, feeds: list[dict], method: str, exclude: list[str], cache: Path) -> None:
+    """Write the QDQ INT8 version of ``src`` to ``dst`` (ranges cached in ``cache``)."""
+    from onnxruntime import quantization as q
+
+    if "calibration_cache_path" not in inspect.signature(q.quantize_static).parameters:
+        raise RuntimeError("clit-calibrate needs an onnxruntime whose quantize_static has calibration caches "
+                           "(calibration_cache_path); upgrade onnxruntime")
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self):
+            self.items = iter(feeds)
+
+        def get_next(self):
+            return next(self.items, None)
+
+    q.quantize_static(
+        str(src), str(dst), Reader(), quant_format=q.QuantFormat.QDQ, op_types_to_quantize=QUANTIZED_OPS,
+        per_channel=True, activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
+        nodes_to_exclude=exclude, calibrate_method=getattr(q.CalibrationMethod, METHODS[method]),
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True}, calibration_cache_path=str(cache),
+    )
+
+
+def calibrate(model_dir: Path, out: Path, folder: Path, scales=(2.0, 4.0, 8.0), max_images: int = 16,
+              hr_crop: int = 128, method: str = "minmax", keep_fp32: tuple[str, ...] = (),
+              cache_dir: Path | None = None, log=print) -> Manifest:
+    """Write ``out``: a copy of ``model_dir`` with an ``int8`` variant of every graph."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}")
+    manifest = load_manifest(model_dir)
+    if out.exists():
+        raise FileExistsError(f"{out} exists")
+    feeds = collect_inputs(manifest, folder, scales, max_images, hr_crop)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
+        cache_root = cache_dir or tmp / "calibration"
+        cache_root.mkdir(parents=True, exist_ok=True)
+        data = json.loads((tmp / MANIFEST).read_text())
+        excluded = {}
+        for g in data["graphs"]:
+            src = tmp / g["file"]
+            dst = src.with_name(src.stem + ".int8.onnx")
+            exclude = list(g.get("fp32_layers", [])) + list(keep_fp32)
+            if g["kind"] == "decoder":
+                exclude += last_linear(src)
+            if g["file"] not in feeds:
+                raise RuntimeError(f"{g['file']} never ran on the calibration images (add scales that use it)")
+            log(f"quantising {g['file']} ({len(feeds[g['file']])} calibration inputs, {method})")
+            quantize_graph(src, dst, feeds[g["file"]], method, exclude, cache_root / f"{src.stem}.json")
+            g.setdefault("variants", {})["int8"] = {"file": dst.name,
+                                                    "sha256": hashlib.sha256(dst.read_bytes()).hexdigest()}
+            excluded[g["file"]] = len(exclude)
+        data["precisions"] = sorted(set(data.get("precisions", ["fp32"])) | {"int8"})
+        data["int8"] = {"method": method, "scales": list(scales), "images": max_images, "hr_crop": hr_crop,
+                        "data": str(folder), "quantized_ops": QUANTIZED_OPS, "format": "QDQ, symmetric INT8",
+                        "kept_in_float": excluded, "keep_fp32": list(keep_fp32)}
+        (tmp / MANIFEST).write_text(json.dumps(data, indent=1))
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return load_manifest(out)
