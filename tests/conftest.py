@@ -76,3 +76,22 @@ def pytest_collection_modifyitems(config, items):
                     cache[marker] = probe()
                 if not cache[marker]:
                     item.add_marker(pytest.mark.skip(reason=f"needs {'TensorRT and ' if marker == 'trt' else ''}a CUDA GPU"))
+
+
+@pytest.fixture(scope="session")
+def exported_clit2(tmp_path_factory):
+    """(checkpoint, model directory) of the golden edsr_clit2_small, exported once per session
+    (FP32 graphs plus the FP16 variants, no built-in parity run)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from click.testing import CliRunner
+
+    from clit.export.cli import main as export_cli
+
+    ckpt = GOLDEN / "edsr_clit2_small.pth"
+    if not ckpt.is_file():
+        pytest.skip(f"golden models not found at {GOLDEN}")
+    out = tmp_path_factory.mktemp("exported") / "edsr_clit2_small"
+    res = CliRunner().invoke(export_cli, [str(ckpt), "-o", str(out), "--no-parity"])
+    assert res.exit_code == 0, res.output
+    return ckpt, out

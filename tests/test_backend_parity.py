@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 pytest.importorskip("torch")
 pytest.importorskip("onnx")
@@ -13,19 +12,9 @@ from clit.runtime.engines import make_engine  # noqa: E402
 from clit.runtime.images import read_rgb  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    from conftest import GOLDEN
-
-    from clit.export.cli import main as export_cli
-
-    ckpt = GOLDEN / "edsr_clit2_small.pth"
-    if not ckpt.is_file():
-        pytest.skip(f"golden models not found at {GOLDEN}")
-    out = tmp_path_factory.mktemp("export") / "model"
-    res = CliRunner().invoke(export_cli, [str(ckpt), "-o", str(out), "--precision", "fp32", "--no-parity"])
-    assert res.exit_code == 0, res.output
-    return ckpt, out
+@pytest.fixture
+def exported(exported_clit2):
+    return exported_clit2
 
 
 @pytest.mark.parametrize("scale", [2, 3.7, 6, 12])

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-from click.testing import CliRunner
 
 from clit.runtime.geometry import plan_cascade
 from clit.runtime.manifest import load_manifest
@@ -21,21 +20,9 @@ from clit.runtime.memory_plan import (
 )
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    pytest.importorskip("torch")
-    pytest.importorskip("onnx")
-    from conftest import GOLDEN
-
-    from clit.export.cli import main as export_cli
-
-    ckpt = GOLDEN / "edsr_clit2_small.pth"
-    if not ckpt.is_file():
-        pytest.skip(f"golden models not found at {GOLDEN}")
-    out = tmp_path_factory.mktemp("mem") / "model"
-    res = CliRunner().invoke(export_cli, [str(ckpt), "-o", str(out), "--precision", "fp32", "--no-parity"])
-    assert res.exit_code == 0, res.output
-    return out
+@pytest.fixture
+def model_dir(exported_clit2):
+    return exported_clit2[1]
 
 
 def test_choices_fit_the_budget(model_dir):

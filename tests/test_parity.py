@@ -17,19 +17,9 @@ onnx = pytest.importorskip("onnx")
 from clit.calibration.cli import main as parity_cli  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    from conftest import GOLDEN
-
-    from clit.export.cli import main as export_cli
-
-    ckpt = GOLDEN / "edsr_clit2_small.pth"
-    if not ckpt.is_file():
-        pytest.skip(f"golden models not found at {GOLDEN}")
-    out = tmp_path_factory.mktemp("parity") / "model"
-    res = CliRunner().invoke(export_cli, [str(ckpt), "-o", str(out), "--precision", "fp32", "--no-parity"])
-    assert res.exit_code == 0, res.output
-    return ckpt, out
+@pytest.fixture
+def exported(exported_clit2):
+    return exported_clit2
 
 
 def run(*args):

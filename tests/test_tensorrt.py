@@ -22,21 +22,9 @@ from clit.runtime.pipeline import Pipeline
 from clit.runtime.trt_profiles import BuildLimits, input_profiles
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    pytest.importorskip("torch")
-    pytest.importorskip("onnx")
-    from conftest import GOLDEN
-
-    from clit.export.cli import main as export_cli
-
-    ckpt = GOLDEN / "edsr_clit2_small.pth"
-    if not ckpt.is_file():
-        pytest.skip(f"golden models not found at {GOLDEN}")
-    out = tmp_path_factory.mktemp("trt") / "model"
-    res = CliRunner().invoke(export_cli, [str(ckpt), "-o", str(out), "--no-parity"])
-    assert res.exit_code == 0, res.output
-    return out
+@pytest.fixture
+def model_dir(exported_clit2):
+    return exported_clit2[1]
 
 
 class RecordingRunner(OnnxRuntimeRunner):
