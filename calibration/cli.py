@@ -12,7 +12,7 @@ import click
 
 from clit.runtime.atomic import atomic_write
 from clit.runtime.engines import make_engine
-from clit.runtime.manifest import ModelDirError, load_manifest
+from clit.runtime.manifest import ModelDirError, load_manifest, sha256_file
 
 from .parity import (
     DEFAULT_HR_CROP,
@@ -28,7 +28,6 @@ from .parity import (
     make_cases,
     markdown,
     rows_json,
-    sha256_file,
     summary_by_scale,
     table,
     torch_reference,

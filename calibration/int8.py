@@ -13,7 +13,6 @@ calibration cache) and reused when the same cache folder is given again.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import shutil
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clit.runtime.manifest import MANIFEST, Manifest, load_manifest
+from clit.runtime.manifest import MANIFEST, Manifest, load_manifest, sha256_file
 from clit.runtime.onnx_backend import OnnxRuntimeRunner
 from clit.runtime.pipeline import Pipeline
 
@@ -130,7 +129,7 @@ def calibrate(model_dir: Path, out: Path, folder: Path, scales=(2.0, 4.0, 8.0), 
             log(f"quantising {g['file']} ({len(feeds[g['file']])} calibration inputs, {method})")
             quantize_graph(src, dst, feeds[g["file"]], method, exclude, cache_root / f"{src.stem}.json")
             g.setdefault("variants", {})["int8"] = {"file": dst.name,
-                                                    "sha256": hashlib.sha256(dst.read_bytes()).hexdigest()}
+                                                    "sha256": sha256_file(dst)}
             excluded[g["file"]] = len(exclude)
         data["precisions"] = sorted(set(data.get("precisions", ["fp32"])) | {"int8"})
         data["int8"] = {"method": method, "scales": list(scales), "images": max_images, "hr_crop": hr_crop,

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from clit.runtime.images import ImageError, list_images, read_uint8
-from clit.runtime.manifest import Manifest
+from clit.runtime.manifest import Manifest, sha256_file
 from clit.runtime.metrics import psnr, ssim_rgb
 from clit.runtime.protocol import make_pair, sr_psnr
 
@@ -72,7 +71,7 @@ def find_checkpoint(manifest: Manifest) -> Path:
     name, digest = src.get("checkpoint"), src.get("sha256")
     candidates = [Path(p) for p in (src.get("path"),) if p] + [manifest.root / str(name), manifest.root.parent / str(name)]
     for path in candidates:
-        if name and path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == digest:
+        if name and path.is_file() and sha256_file(path) == digest:
             return path
     raise ParityError(f"{manifest.root}: the checkpoint it was exported from ({name}) was not found "
                       f"(looked at {', '.join(str(p) for p in candidates)}); give --checkpoint or --reference")
@@ -289,6 +288,3 @@ def markdown(summary: list[dict], title: str, failures: list[str], stages: list[
 def rows_json(rows: list[Row]) -> list[dict]:
     return [{**asdict(r), "delta_psnr": r.delta_psnr} for r in rows]
 
-
-def sha256_file(path: os.PathLike) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

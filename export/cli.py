@@ -14,14 +14,14 @@ import torch
 
 from clit.runtime.geometry import CASCADE_DISCOUNT, NORM_MEAN, NORM_STD, STAGE_BASE
 from clit.runtime.images import read_rgb
-from clit.runtime.manifest import FORMAT_VERSION, MANIFEST, load_manifest
+from clit.runtime.manifest import FORMAT_VERSION, MANIFEST, load_manifest, sha256_file
 from clit.runtime.metrics import psnr
 from clit.runtime.onnx_backend import OnnxRuntimeRunner
 from clit.runtime.pipeline import DEFAULT_CHUNK, Pipeline
 from clit.train.checkpoint import CheckpointError, load_model_and_args
 
 from .audit import TARGETS, audit_file
-from .onnx_export import OPSET_DEFAULT, OPSETS_ALLOWED, PRECISIONS, encoder_halo, export_graphs, sha256_file
+from .onnx_export import OPSET_DEFAULT, OPSETS_ALLOWED, PRECISIONS, encoder_halo, export_graphs
 
 PARITY_SCALES = (2.0, 3.7, 6.0, 12.0)
 PARITY_TOL_FP32 = 1e-4

@@ -6,7 +6,6 @@ TensorRT-parsable graphs at opsets 16-19 with named dynamic axes.
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import onnx
 import torch
 
 from clit.runtime.geometry import pixel_centres
+from clit.runtime.manifest import sha256_file
 from clit.train.model import CLIT
 
 from .graphs import BranchGraph, DecoderGraph, EncoderGraph
@@ -45,14 +45,6 @@ class GraphSpec:
 
         return {"kind": self.kind, "branch": self.branch, "file": self.file, "sha256": sha256,
                 "inputs": io(self.inputs), "outputs": io(self.outputs)}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _export(module, args, path: Path, spec: GraphSpec, opset: int) -> None:

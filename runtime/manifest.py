@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -9,6 +10,15 @@ from pathlib import Path
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+
+
+def sha256_file(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in blocks (graph, checkpoint and engine hashes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class ModelDirError(ValueError):
@@ -24,6 +34,7 @@ class GraphEntry:
     inputs: list
     outputs: list
     variants: dict = field(default_factory=dict)  # precision -> {"file", "sha256"}
+    fp32_layers: list = field(default_factory=list)  # node names TensorRT keeps in FP32
 
     def file_for(self, precision: str) -> str:
         """The graph file for ``precision`` ('fp32' is the graph itself)."""

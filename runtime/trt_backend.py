@@ -19,7 +19,6 @@ computation (:mod:`clit.runtime.trt_profiles`) and the cache
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from dataclasses import asdict
@@ -30,7 +29,7 @@ import numpy as np
 from .atomic import atomic_write
 from .cuda_mem import open_cuda
 from .engine_cache import EngineCache
-from .manifest import GraphEntry, Manifest, ModelDirError
+from .manifest import MANIFEST, GraphEntry, Manifest, ModelDirError, sha256_file
 from .trt_profiles import BuildLimits, input_profiles
 
 DEFAULT_WORKSPACE = 1 << 30
@@ -130,6 +129,8 @@ class TensorRTRunner:
         self.workspace = workspace
         self.strong = strongly_typed(self.trt, precision)
         self._engines: dict[str, tuple] = {}
+        # any file the pipeline may name (the graph or a variant) -> its graph, resolved once
+        self._graph_of = {f: g for g in manifest.graphs for f in (g.file, *(v["file"] for v in g.variants.values()))}
         self._device: dict[str, tuple[int, int]] = {}  # tensor -> (pointer, bytes)
         self._host: dict[str, np.ndarray] = {}
 
@@ -142,7 +143,7 @@ class TensorRTRunner:
                 "compute_capability": self.capability, "precision": self.precision,
                 "profiles": {k: [list(s) for s in v] for k, v in input_profiles(self.manifest, graph, self.limits).items()},
                 "flags": {"strongly_typed": self.strong, "workspace": self.workspace,
-                          "fp32_layers": len(graph_fp32_layers(self.manifest, graph)) if not self.strong else 0}}
+                          "fp32_layers": len(graph.fp32_layers) if not self.strong else 0}}
 
     def engine_for(self, graph: GraphEntry):
         """(engine, context) for ``graph``; builds it into the cache on first use."""
@@ -155,7 +156,7 @@ class TensorRTRunner:
             self.log(f"building TensorRT engine for {path.name} ({self.precision}, TensorRT "
                      f"{self.trt.__version__}, {self.gpu}); this takes a while once")
             return build_serialized(self.trt, path, input_profiles(self.manifest, graph, self.limits),
-                                    self.precision, graph_fp32_layers(self.manifest, graph), self.strong,
+                                    self.precision, graph.fp32_layers, self.strong,
                                     self.workspace, self.cache.root / f"timing-{self.trt.__version__}.cache",
                                     log=self.log)
 
@@ -194,8 +195,7 @@ class TensorRTRunner:
         return arr[:need].view(dtype).reshape(shape)
 
     def run(self, file: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        graph = next((g for g in self.manifest.graphs if file in (g.file, *(v["file"] for v in g.variants.values()))),
-                     None)
+        graph = self._graph_of.get(file)
         if graph is None:
             raise ModelDirError(f"{file} is not a graph of {self.manifest.root}")
         engine, ctx = self.engine_for(graph)
@@ -228,7 +228,7 @@ class TensorRTRunner:
 
 
 def _limits_path(cache: EngineCache, manifest: Manifest) -> Path:
-    digest = hashlib.sha256((manifest.root / "manifest.json").read_bytes()).hexdigest()[:20]
+    digest = sha256_file(manifest.root / MANIFEST)[:20]
     return cache.root / f"limits-{digest}.json"
 
 
@@ -244,11 +244,3 @@ def saved_limits(cache: EngineCache, manifest: Manifest) -> BuildLimits | None:
         return BuildLimits(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError):
         return None
-
-
-def graph_fp32_layers(manifest: Manifest, graph: GraphEntry) -> list[str]:
-    """The graph's ``fp32_layers`` from the manifest (names of nodes TensorRT keeps in FP32)."""
-    for g in manifest.data["graphs"]:
-        if g["file"] == graph.file:
-            return list(g.get("fp32_layers", []))
-    raise ModelDirError(f"{graph.file} is not in the manifest")
