@@ -1,10 +1,10 @@
 """``clit-infer``: upscale images by any factor.
 
-Backends: ``onnxruntime`` (a model directory from ``clit-export``, optionally tiled) and
-``torch`` (the PyTorch reference from ``clit.train``, imported only when asked for, so this
-module stays torch-free).  Inputs keep their channels (gray stays gray, alpha is upscaled
-bicubically and re-attached), 16-bit depth and ICC profile.  Not yet: TensorRT and the
-bundled default model (see README, "Status").
+Backends: ``tensorrt`` and ``onnxruntime`` (a model directory from ``clit-export``, tiled
+when memory asks for it) and ``torch`` (the PyTorch reference from ``clit.train``, imported
+only when asked for, so this module stays torch-free).  Without ``--model`` or
+``--checkpoint`` the bundled default model is used.  Inputs keep their channels (gray stays
+gray, alpha is upscaled bicubically and re-attached), 16-bit depth and ICC profile.
 """
 
 from __future__ import annotations
@@ -88,10 +88,11 @@ def timing_summary(src: Path, shape, t_read: float, t_up: float, t_write: float,
 @click.option("--scale", help="Scale factor, e.g. 3.7, or anisotropic SHxSW, e.g. 2x3.")
 @click.option("--size", help="Exact output size WxH, e.g. 1920x1080 (instead of --scale).")
 @click.option("--model", "model_dir", type=click.Path(path_type=Path),
-              help="Model directory made by clit-export (ONNX graphs + manifest.json).")
+              help="Model directory made by clit-export (ONNX graphs + manifest.json).  "
+                   "Default: the bundled model (EDSR-baseline CLIT, two branches; see README).")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="CLIT checkpoint (.pth, official or ours).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
-              help="auto: onnxruntime for --model, torch for --checkpoint.")
+              help="auto: tensorrt when usable, else onnxruntime for a model directory; torch for --checkpoint.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="Graph precision for onnxruntime (auto: fp16 on a GPU provider, fp32 on the CPU).")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
@@ -118,6 +119,7 @@ def main(inputs, out, scale, size, model_dir, checkpoint, backend, precision, de
 
     \b
     Examples:
+      clit-infer photo.png --scale 4 -o photo_x4.png          # bundled model
       clit-infer photo.png --model MODEL_DIR --scale 3.7 -o photo_x3.7.png
       clit-infer a.png b.jpg --checkpoint model.pth --size 1920x1080 -o out/
     """

@@ -23,6 +23,7 @@ from typing import Protocol
 
 import numpy as np
 
+from .bundled import bundled_checkpoint, bundled_model_dir
 from .manifest import load_manifest
 from .memory_plan import choose, memory_budget
 from .onnx_backend import OnnxRuntimeRunner, default_providers
@@ -110,14 +111,24 @@ def make_engine(backend: str = "auto", model_dir: Path | None = None, checkpoint
                 precision: str = "auto", chunk: int | None = None, device: str = "cpu",
                 tile: int | None = None, cache_dir: Path | None = None) -> Engine:
     """The engine for ``backend``: ``auto`` picks tensorrt (when usable) or onnxruntime for a
-    model directory and torch for a checkpoint.  ``tile`` (LR pixels, onnxruntime only) evaluates the output in
-    tiles with bounded memory.  Raises ``ValueError`` for impossible combinations."""
+    model directory and torch for a checkpoint.  With neither, the bundled default model is
+    used (its checkpoint for ``backend='torch'``).  ``tile`` (LR pixels, onnxruntime only)
+    evaluates the output in tiles with bounded memory.  Raises ``ValueError`` for impossible
+    combinations."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r} (one of {', '.join(BACKENDS)})")
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r} (one of {', '.join(PRECISIONS)})")
-    if (model_dir is None) == (checkpoint is None):
-        raise ValueError("give exactly one of a model directory or a checkpoint")
+    if model_dir is not None and checkpoint is not None:
+        raise ValueError("give at most one of a model directory or a checkpoint")
+    if model_dir is None and checkpoint is None:
+        if backend == "torch":
+            checkpoint = bundled_checkpoint()
+        else:
+            model_dir = bundled_model_dir()
+        if model_dir is None and checkpoint is None:
+            raise ValueError("no model given and this installation has no bundled default model "
+                             "(clit/runtime/models/default): give a model directory or a checkpoint")
     if backend == "auto":
         if model_dir is None:
             backend = "torch"

@@ -17,16 +17,13 @@ class Upscaler:
     >>> up = Upscaler("model_dir")                       # doctest: +SKIP
     >>> hr = up.upscale(img_uint8, scale=3.7)            # doctest: +SKIP
 
-    ``model_dir=None`` will mean the bundled default model once it exists; until then a
-    model directory or ``checkpoint`` is required.  ``precision='auto'`` uses FP16 on GPU
-    providers and FP32 on the CPU.
+    With neither ``model_dir`` nor ``checkpoint`` the bundled default model is used (see
+    README, "The bundled model").  ``precision='auto'`` uses FP16 on GPU providers and FP32
+    on the CPU.
     """
 
     def __init__(self, model_dir=None, backend: str = "auto", precision: str = "auto", *,
                  checkpoint=None, chunk: int | None = None, tile: int | None = None, device: str = "cpu"):
-        if model_dir is None and checkpoint is None:
-            raise ValueError("no model: pass model_dir (made by clit-export) or checkpoint= "
-                             "(the bundled default model does not exist yet)")
         self.engine = make_engine(backend, model_dir=None if model_dir is None else Path(model_dir),
                                   checkpoint=None if checkpoint is None else Path(checkpoint),
                                   precision=precision, chunk=chunk, device=device, tile=tile)

@@ -16,7 +16,7 @@ def test_eval_json_and_table_bicubic(data_dir, tmp_path):
     out = tmp_path / "r.json"
     res = CliRunner().invoke(eval_cli, ["--method", "bicubic", "--data", str(data_dir / "Set5" / "HR"),
                                         "--data", str(data_dir / "Set14" / "HR"), "--scales", "2,3.7",
-                                        "--max-images", "2", "--json", str(out)])
+                                        "--max-images", "2", "--json", str(out), "--markdown", "bicubic"])
     assert res.exit_code == 0, res.output
     doc = json.loads(out.read_text())
     rows = doc["results"]
@@ -26,6 +26,10 @@ def test_eval_json_and_table_bicubic(data_dir, tmp_path):
         assert r["seconds"] >= 0
     assert rows[0]["psnr"] > rows[1]["psnr"]  # x2 is easier than x3.7
     assert "Set14" in res.output and "SSIM-Y" in res.output
+    md = [line for line in res.output.splitlines() if line.startswith("|")]
+    assert md[0] == "| dataset | method | x2 | x3.7 |"
+    assert md[3] == f"| Set14 | bicubic | {rows[2]['psnr']:.2f} / {rows[2]['ssim_y']:.4f} | " \
+                    f"{rows[3]['psnr']:.2f} / {rows[3]['ssim_y']:.4f} |"
 
 
 def test_eval_quantize_changes_little(data_dir, tmp_path):

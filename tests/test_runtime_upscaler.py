@@ -95,10 +95,18 @@ def test_upscaler_dtypes_channels_and_errors(model_dir, rng):
         up.upscale(np.zeros((0, 4, 3), dtype=np.uint8), scale=2)
     with pytest.raises(ValueError, match="x16"):
         up.upscale(rgb, scale=17)
-    with pytest.raises(ValueError, match="no model"):
-        Upscaler()
     with pytest.raises(ValueError, match="no manifest.json"):
         Upscaler(model_dir.parent)
+
+
+def test_no_model_without_a_bundled_one(tmp_path, monkeypatch):
+    import clit.runtime.bundled as bundled
+    from clit.runtime.upscaler import Upscaler
+
+    monkeypatch.setattr(bundled, "BUNDLED_DIR", tmp_path / "missing")
+    for backend in ("auto", "onnxruntime", "torch"):
+        with pytest.raises(ValueError, match="no bundled default model"):
+            Upscaler(backend=backend)
 
 
 def test_onnxruntime_provider_preferences():

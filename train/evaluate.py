@@ -91,6 +91,19 @@ def format_table(results: list[Result]) -> str:
     return "\n".join(rows)
 
 
+def markdown_rows(results: list[Result], label: str, scales: list[float], header: bool = True) -> str:
+    """README-style rows ``| dataset | label | PSNR / SSIM-Y | ...`` over ``scales`` (blank where
+    a scale was not run); with ``header``, the table head first."""
+    lines = []
+    if header:
+        lines += ["| dataset | method | " + " | ".join(f"x{s:g}" for s in scales) + " |",
+                  "|---|---|" + "---|" * len(scales)]
+    for name in dict.fromkeys(r.dataset for r in results):
+        cell = {r.scale: f"{r.psnr:.2f} / {r.ssim_y:.4f}" for r in results if r.dataset == name}
+        lines.append(f"| {name} | {label} | " + " | ".join(cell.get(float(s), "") for s in scales) + " |")
+    return "\n".join(lines)
+
+
 def parse_scales(text: str) -> list[float]:
     try:
         scales = [float(s) for s in text.split(",") if s.strip()]
@@ -101,15 +114,10 @@ def parse_scales(text: str) -> list[float]:
     return scales
 
 
-def bundled_model_dir() -> Path | None:
-    """The model directory shipped inside the package, when it exists."""
-    path = Path(__file__).resolve().parents[1] / "runtime" / "models" / "default"
-    return path if (path / "manifest.json").is_file() else None
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="CLIT checkpoint (torch backend).")
-@click.option("--model", "model_dir", type=click.Path(path_type=Path), help="Model directory made by clit-export.")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path),
+              help="Model directory made by clit-export [default: the bundled model].")
 @click.option("--method", type=click.Choice(["model", "bicubic"]), default="model", show_default=True,
               help="bicubic: the MATLAB-compatible bicubic baseline instead of a model.")
 @click.option("--data", "folders", multiple=True, required=True, type=click.Path(path_type=Path),
@@ -123,13 +131,16 @@ def bundled_model_dir() -> Path | None:
 @click.option("--quantize", is_flag=True, help="Round predictions to 8 bits first (what a saved PNG scores).")
 @click.option("--max-images", type=click.IntRange(min=1), help="Only the first N images of each folder.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the results as JSON here.")
+@click.option("--markdown", "markdown_label", metavar="LABEL",
+              help="Also print the results as README table rows (PSNR / SSIM-Y per scale) labelled LABEL.")
 def main(checkpoint, model_dir, method, folders, scales, protocol, backend, precision, device, quantize,
-         max_images, json_out):
+         max_images, json_out, markdown_label):
     """Evaluate a model (or bicubic) on folders of HR images at several scales.
 
     LR inputs are made from the HR images as LIIF/LTE/CLIT do (MATLAB bicubic for integer
     scales <= 4, Pillow bicubic otherwise).  PSNR follows --protocol; SSIM is the official
     RGB Gaussian SSIM (no shave), SSIM-Y the common luma SSIM with the protocol's shave.
+    Without --checkpoint or --model the bundled default model is evaluated.
     """
     scale_list = parse_scales(scales)
     if method == "bicubic":
@@ -139,10 +150,6 @@ def main(checkpoint, model_dir, method, folders, scales, protocol, backend, prec
     else:
         if checkpoint and model_dir:
             raise click.UsageError("give at most one of --checkpoint and --model")
-        if not checkpoint and not model_dir:
-            model_dir = bundled_model_dir()
-            if model_dir is None:
-                raise click.UsageError("no bundled default model is installed: give --checkpoint or --model")
         try:
             engine = make_engine(backend, model_dir=model_dir, checkpoint=checkpoint, precision=precision,
                                  device=device)
@@ -159,6 +166,8 @@ def main(checkpoint, model_dir, method, folders, scales, protocol, backend, prec
                 failed.append(f"{folder} x{s:g}: {exc}")
                 click.echo(f"clit-eval: error: {folder} x{s:g}: {exc}", err=True)
     click.echo(format_table(results))
+    if markdown_label:
+        click.echo("\n" + markdown_rows(results, markdown_label, scale_list))
     if json_out is not None:
         doc = {"results": [asdict(r) for r in results], "method": engine.name, "protocol": protocol,
                "quantize": quantize, "checkpoint": str(checkpoint) if checkpoint else None,
