@@ -10,7 +10,6 @@ checksum does not match, or that the loader rejects, is reported and rebuilt.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -31,16 +30,42 @@ def cache_key(fields: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+if os.name == "nt":  # written against the msvcrt documentation; not run here (no Windows machine)
+    import msvcrt
+
+    def _lock(f) -> None:
+        f.seek(0)
+        while True:  # LK_LOCK gives up after ~10 s; a TensorRT build can take minutes
+            try:
+                msvcrt.locking(f.fileno(), msvcrt.LK_LOCK, 1)
+                return
+            except OSError:
+                continue
+
+    def _unlock(f) -> None:
+        f.seek(0)
+        msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
+else:
+    import fcntl
+
+    def _lock(f) -> None:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+
+    def _unlock(f) -> None:
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 @contextmanager
 def file_lock(path: Path):
-    """An exclusive advisory lock (POSIX ``flock``) held for the ``with`` block."""
+    """An exclusive advisory lock on ``path`` held for the ``with`` block (POSIX ``flock``;
+    ``msvcrt.locking`` on Windows)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        _lock(f)
         try:
             yield
         finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            _unlock(f)
 
 
 class EngineCache:
