@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -93,12 +94,22 @@ def quantize_graph(src: Path, dst: Path, feeds: list[dict], method: str, exclude
         def get_next(self):
             return next(self.items, None)
 
-    q.quantize_static(
-        str(src), str(dst), Reader(), quant_format=q.QuantFormat.QDQ, op_types_to_quantize=QUANTIZED_OPS,
-        per_channel=True, activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
-        nodes_to_exclude=exclude, calibrate_method=getattr(q.CalibrationMethod, METHODS[method]),
-        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True}, calibration_cache_path=str(cache),
-    )
+    hint = _DropHint()  # ORT's "consider pre-processing" warning (the graphs are already shape-inferred)
+    logging.getLogger().addFilter(hint)
+    try:
+        q.quantize_static(
+            str(src), str(dst), Reader(), quant_format=q.QuantFormat.QDQ, op_types_to_quantize=QUANTIZED_OPS,
+            per_channel=True, activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
+            nodes_to_exclude=exclude, calibrate_method=getattr(q.CalibrationMethod, METHODS[method]),
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True}, calibration_cache_path=str(cache),
+        )
+    finally:
+        logging.getLogger().removeFilter(hint)
+
+
+class _DropHint(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-process" not in record.getMessage()
 
 
 def calibrate(model_dir: Path, out: Path, folder: Path, scales=(2.0, 4.0, 8.0), max_images: int = 16,
