@@ -5,11 +5,16 @@ warm-up run, then the median of ``--repeats`` timed runs; it reports output mega
 second, the process's peak RSS (VmHWM), the time per pipeline stage (graph backends), the
 model's multiply-adds per output pixel (counted on the PyTorch model: every Conv2d and Linear,
 plus the attention products; SwinIR's window attention is not counted) and the achieved
-GFLOP/s (2 FLOPs per multiply-add).
+GFLOP/s (2 FLOPs per multiply-add).  Without ``--checkpoint``/``--model`` it measures the
+bundled default model.  Cases whose output exceeds ``--max-out-mpix`` are listed as skipped.
 
-    python benchmarks/infer.py --checkpoint CKPT --model MODEL_DIR [--int8-model DIR] \\
+    python benchmarks/infer.py [--checkpoint CKPT --model MODEL_DIR] [--int8-model DIR] \\
         [--backends torch,onnxruntime-fp32,onnxruntime-fp16,onnxruntime-int8] \\
-        [--sizes 256x256,512x512,1280x720] [--scales 2,4,8] [--repeats 3] [--json out.json]
+        [--sizes 256x256,512x512,1280x720] [--scales 2,4,8] [--repeats 3] [--max-out-mpix 8] \\
+        [--json out.json]
+
+Growth with output size and scale: ``--sizes 64x64,128x128,256x256 --scales 4`` and
+``--sizes 96x96 --scales 2,3,4,6,8,12,16``.
 """
 
 from __future__ import annotations
@@ -79,27 +84,47 @@ def macs_per_output_pixel(checkpoint: Path, scale: float, lr: int = 48) -> float
     return total[0] / pixels + attention
 
 
+def stage_shares(stages: dict) -> str:
+    """'encoder 3%, branch 1 maps 1%, ...' from one run's seconds per pipeline stage."""
+    total = sum(stages.values())
+    return ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in stages.items()) if total else ""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", type=Path, required=True)
-    ap.add_argument("--model", type=Path, required=True, help="FP32/FP16 model directory of the checkpoint")
+    ap.add_argument("--checkpoint", type=Path, help="default: the bundled model's")
+    ap.add_argument("--model", type=Path, help="FP32/FP16 model directory of the checkpoint (default: bundled)")
     ap.add_argument("--int8-model", type=Path, help="clit-calibrate output, for onnxruntime-int8")
     ap.add_argument("--backends", default="torch,onnxruntime-fp32,onnxruntime-fp16")
     ap.add_argument("--sizes", default="256x256,512x512,1280x720")
     ap.add_argument("--scales", default="2,4,8")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="0: all cores")
+    ap.add_argument("--max-out-mpix", type=float, default=float("inf"), help="skip larger outputs")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    if (args.checkpoint is None) != (args.model is None):
+        ap.error("give both --checkpoint and --model, or neither (the bundled model)")
+    if args.model is None:
+        from clit.runtime.bundled import bundled_checkpoint, bundled_model_dir
+
+        args.model, args.checkpoint = bundled_model_dir(), bundled_checkpoint()
+        if args.model is None or args.checkpoint is None:
+            ap.error("no bundled model in this installation: give --checkpoint and --model")
     results = []
     macs = {float(s): macs_per_output_pixel(args.checkpoint, float(s)) for s in args.scales.split(",")}
-    head = f"{'backend':<18}{'LR':>10}{'scale':>6}{'out MP':>8}{'seconds':>9}{'MP/s':>8}{'GFLOP/s':>9}{'peak MiB':>9}"
+    head = (f"{'backend':<18}{'LR':>10}{'scale':>6}{'out MP':>8}{'seconds':>9}{'MP/s':>8}{'GFLOP/s':>9}"
+            f"{'peak MiB':>9}  time per stage")
     print(head)
     for backend in args.backends.split(","):
         model = args.int8_model if backend.endswith("int8") else args.model
         for size in args.sizes.split(","):
             w, h = size.split("x")
             for s in args.scales.split(","):
+                out_mpix = round(int(w) * float(s)) * round(int(h) * float(s)) / 1e6
+                if out_mpix > args.max_out_mpix:
+                    print(f"{backend:<18}{size:>10}{s:>6}{out_mpix:>8.2f}  skipped (> --max-out-mpix)")
+                    continue
                 done = subprocess.run([sys.executable, "-c", CASE, backend, str(model), str(args.checkpoint), w, h, s,
                                        str(args.repeats), str(args.threads)], capture_output=True, text=True)
                 if done.returncode != 0:
@@ -112,7 +137,7 @@ def main() -> None:
                          gflops=gflops)
                 results.append(r)
                 print(f"{backend:<18}{size:>10}{s:>6}{r['out_mpix']:>8.2f}{r['seconds']:>9.2f}{mps:>8.3f}"
-                      f"{gflops:>9.1f}{r['peak_rss_mib']:>9.0f}")
+                      f"{gflops:>9.1f}{r['peak_rss_mib']:>9.0f}  {stage_shares(r['stages'])}")
     print("multiply-adds per output pixel: " + ", ".join(f"x{k:g}: {v / 1e3:.0f} k" for k, v in macs.items()))
     if args.json:
         args.json.write_text(json.dumps({"results": results, "macs_per_output_pixel": macs}, indent=1))
