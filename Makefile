@@ -14,15 +14,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 setup: $(VENV)/.installed
 
-# Exports a model once (out/model) and upscales a sample image x6 with ONNX Runtime.  Until
-# the bundled default model exists (see README, Status) this uses a small random-weight
-# golden model from ../shared.
-GOLDEN := ../shared/golden
+# Upscales the bundled sample image x4 with the bundled default model (ONNX Runtime on the CPU).
 demo: setup
-	test -d $(OUT)/model || $(VENV)/bin/clit-export $(GOLDEN)/edsr_clit2_small.pth -o $(OUT)/model --no-parity
-	$(VENV)/bin/clit-infer $(GOLDEN)/edsr_clit2_small_lr.png --model $(OUT)/model --scale 6 \
-		-o $(OUT)/demo_x6.png --overwrite
-	@echo "wrote $(OUT)/demo_x6.png"
+	$(VENV)/bin/clit-infer samples/sample.png --scale 4 -o $(OUT)/sample_x4.png --overwrite
+	@echo "wrote $(OUT)/sample_x4.png"
 
 test: setup
 	$(PY) -m pytest

@@ -1,0 +1,85 @@
+"""The bundled default model: what the package carries, the defaults that use it, its graphs
+against its checkpoint, and the README quality table (Set5 x2 / x4)."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import DATA, REPO
+
+from clit.runtime.bundled import BUNDLED_DIR, CHECKPOINT_NAME, bundled_model_dir
+from clit.runtime.images import read_uint8
+
+pytestmark = pytest.mark.skipif(bundled_model_dir() is None, reason=f"no bundled model at {BUNDLED_DIR}")
+SAMPLE = REPO / "samples" / "sample.png"
+
+
+def readme_table_psnr(dataset: str, method: str) -> dict[float, float]:
+    """PSNR per scale of one row of README's quality table (cells 'PSNR / SSIM')."""
+    lines = (REPO / "README.md").read_text().splitlines()
+    head = next(line for line in lines if line.startswith("| dataset | method |"))
+    scales = [float(c.strip().lstrip("x")) for c in head.strip("|").split("|")[2:]]
+    row = next(line for line in lines if re.match(rf"\|\s*{dataset}\s*\|\s*{method}\s*\|", line))
+    cells = [c.strip() for c in row.strip("|").split("|")[2:]]
+    return {s: float(c.split("/")[0]) for s, c in zip(scales, cells) if c}
+
+
+def test_package_data_carries_the_model_directory():
+    tomllib = pytest.importorskip("tomllib")
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert config["package-dir"]["clit.runtime"] == "runtime"
+    patterns = config["package-data"]["clit.runtime"]
+    files = sorted(p for p in BUNDLED_DIR.rglob("*") if p.is_file())
+    names = {p.name for p in files}
+    assert {"manifest.json", CHECKPOINT_NAME, "README.md"} <= names
+    for path in files:
+        rel = path.relative_to(REPO / "runtime").as_posix()
+        assert any(fnmatch.fnmatch(rel, pat) for pat in patterns), f"{rel} would not be installed"
+    assert sum(p.stat().st_size for p in files) < 20 * 2**20
+
+
+def test_clit_infer_and_upscaler_default_to_the_bundled_model(tmp_path):
+    from clit.runtime.upscaler import Upscaler
+
+    out = tmp_path / "x3.png"
+    done = subprocess.run([sys.executable, "-m", "clit.runtime.cli", str(SAMPLE), "--scale", "3", "-o", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lr = read_uint8(SAMPLE)
+    explicit = Upscaler(BUNDLED_DIR, backend="onnxruntime").upscale(lr, scale=3)
+    assert explicit.shape == (lr.shape[0] * 3, lr.shape[1] * 3, 3)
+    np.testing.assert_array_equal(read_uint8(out), explicit)
+    np.testing.assert_array_equal(Upscaler().upscale(lr, scale=3), explicit)
+
+
+@pytest.mark.parametrize("scale", [2.5, 6])
+def test_bundled_graphs_match_its_checkpoint(scale):
+    pytest.importorskip("torch")
+    from clit.runtime.upscaler import Upscaler
+
+    rng = np.random.default_rng()
+    img = read_uint8(SAMPLE)
+    y, x = rng.integers(0, img.shape[0] - 24), rng.integers(0, img.shape[1] - 28)
+    crop = img[y:y + 24, x:x + 28].astype(np.float32) / 255
+    torch_out = Upscaler(backend="torch").upscale(crop, scale=scale)  # the bundled checkpoint
+    ort_out = Upscaler(backend="onnxruntime").upscale(crop, scale=scale)
+    assert torch_out.shape == ort_out.shape == (round(24 * scale), round(28 * scale), 3)
+    assert np.abs(torch_out - ort_out).max() <= 1e-4
+
+
+@pytest.mark.skipif(not (DATA / "Set5" / "HR").is_dir(), reason=f"Set5 not found under {DATA}")
+def test_readme_quality_table_set5():
+    from clit.runtime.engines import make_engine
+    from clit.train.evaluate import evaluate
+
+    table = readme_table_psnr("Set5", "bundled")
+    engine = make_engine("onnxruntime", precision="fp32")
+    for scale in (2, 4):
+        got = evaluate(engine, DATA / "Set5" / "HR", scale, "benchmark")
+        assert got.images == 5
+        assert abs(got.psnr - table[scale]) <= 0.02, (scale, got.psnr, table[scale])
