@@ -33,7 +33,8 @@ w, h, scale, repeats, threads = int(w), int(h), float(scale), int(repeats), int(
 img = np.random.default_rng(0).random((h, w, 3), dtype=np.float32)
 if backend == "torch":
     import torch
-    torch.set_num_threads(threads)
+    if threads > 0:
+        torch.set_num_threads(threads)
     from clit.train.engine import TorchEngine
     engine, pipeline = TorchEngine(ckpt, chunk=8192), None
 else:
