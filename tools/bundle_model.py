@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 from clit.runtime.bundled import BUNDLED_DIR, CHECKPOINT_NAME
-from clit.train.checkpoint import load_model_and_args, read_checkpoint, save_checkpoint
+from clit.train.checkpoint import build_model, load_state, read_checkpoint, save_checkpoint
 
 CARD = "README.md"
 
@@ -37,7 +37,9 @@ def main() -> None:
     args = ap.parse_args()
 
     ckpt = read_checkpoint(args.checkpoint)
-    model, model_args = load_model_and_args(args.checkpoint)
+    model_args = ckpt["model"]["args"]
+    model = build_model(model_args, where=str(args.checkpoint))
+    load_state(model, ckpt["model"]["sd"], where=str(args.checkpoint))
     meta = ckpt.get("clit", {})
     keep = {"config": meta.get("config"), "epoch": ckpt.get("epoch"), "best": meta.get("best")}
     with tempfile.TemporaryDirectory(dir=args.out.parent) as tmp:
