@@ -162,6 +162,9 @@ def main(inputs, out, scale, size, model_dir, checkpoint, backend, precision, de
                 stages = dict(pipeline.timings) if pipeline is not None else {}
                 tqdm.write(timing_summary(src, result.shape, t_read, t_up, time.perf_counter() - t2, stages),
                            file=sys.stderr)
+                if hasattr(engine, "settings"):  # graph backends on the memory plan
+                    tile_used, chunk_used = engine.settings(pic.pixels.shape[:2], scale=scale_v, size=size_v)
+                    tqdm.write(f"    tile {tile_used or 'none (whole image)'}, chunk {chunk_used}", file=sys.stderr)
         except (ImageError, ValueError) as exc:
             failed += 1
             text = str(exc) if str(exc).startswith(str(src)) else f"{src}: {exc}"

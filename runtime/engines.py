@@ -25,7 +25,7 @@ import numpy as np
 
 from .bundled import bundled_checkpoint, bundled_model_dir
 from .manifest import load_manifest
-from .memory_plan import choose, memory_budget
+from .memory_plan import choose, memory_budget, resident_memory
 from .onnx_backend import OnnxRuntimeRunner, default_providers
 from .pipeline import DEFAULT_CHUNK, Pipeline
 
@@ -43,8 +43,9 @@ class OnnxEngine:
     """ONNX Runtime over a model directory.
 
     ``chunk=None`` and ``tile=None`` are chosen per image from the memory available
-    (:mod:`clit.runtime.memory_plan`, at most 4 GiB, or ``memory_limit`` bytes); ``tile=0``
-    never tiles.  Neither changes the result."""
+    (:mod:`clit.runtime.memory_plan`: the process at most 4 GiB, or ``memory_limit`` bytes,
+    counting what it held when the engine was made); ``tile=0`` never tiles.  Neither
+    changes the result."""
 
     def __init__(self, model_dir: Path, precision: str = "auto", chunk: int | None = None, threads: int = 0,
                  tile: int | None = None, memory_limit: int | None = None):
@@ -59,6 +60,7 @@ class OnnxEngine:
         self.pipeline = Pipeline(manifest, OnnxRuntimeRunner(manifest, providers=providers, threads=threads),
                                  precision=precision)
         self.chunk, self.tile, self.memory_limit = chunk, tile, memory_limit
+        self.resident = resident_memory()  # the plan's baseline (later, it would count our own arenas)
         self.name = f"onnxruntime-{'cuda' if gpu else 'cpu'} {precision}"
 
     def settings(self, lr_size, scale=None, size=None) -> tuple[int | None, int]:
@@ -66,7 +68,7 @@ class OnnxEngine:
         if self.tile is not None and self.chunk is not None:
             return (self.tile or None), self.chunk
         plan = self.pipeline.plan(lr_size, scale=scale, size=size)
-        tile, chunk = choose(self.pipeline.manifest, plan, memory_budget(self.memory_limit), self.chunk)
+        tile, chunk = choose(self.pipeline.manifest, plan, memory_budget(self.memory_limit, self.resident), self.chunk)
         return (tile if self.tile is None else (self.tile or None)), chunk
 
     def upscale(self, img, scale=None, size=None):

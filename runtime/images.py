@@ -182,13 +182,24 @@ def read_uint8(path: str | os.PathLike) -> np.ndarray:
     return arr
 
 
+QUANTIZE_BLOCK = 1 << 20  # samples per block
+
+
 def quantize(img: np.ndarray, bit_depth: int) -> np.ndarray:
-    """Clamp to [0, 1] and round to 8- or 16-bit integers."""
+    """Clamp to [0, 1] and round to 8- or 16-bit integers (in blocks of rows, so a large image
+    needs no float temporaries of its own size)."""
     if bit_depth not in (8, 16):
         raise ValueError(f"bit depth must be 8 or 16, got {bit_depth}")
     top = 255 if bit_depth == 8 else 65535
-    dtype = np.uint8 if bit_depth == 8 else np.uint16
-    return np.rint(np.clip(img, 0.0, 1.0) * top).astype(dtype)
+    img = np.asarray(img)
+    out = np.empty(img.shape, dtype=np.uint8 if bit_depth == 8 else np.uint16)
+    src, dst = (img, out) if img.ndim >= 2 else (img.reshape(1, -1), out.reshape(1, -1))
+    rows = max(1, QUANTIZE_BLOCK // max(1, src[0].size))
+    for y in range(0, len(src), rows):
+        block = np.clip(src[y:y + rows], 0.0, 1.0)
+        block *= top
+        dst[y:y + rows] = np.rint(block, out=block)
+    return out
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

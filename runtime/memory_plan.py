@@ -2,28 +2,33 @@
 
 The graph backends' peak memory is, per image (``benchmarks/memory.py`` measures it):
 
-* the output buffers: about 3 float32 copies of the (H, W, C) output;
+* what the process already holds (interpreter, libraries, sessions: its resident size when
+  the plan is made);
+* the output: one float32 (H, W, C) buffer (de-normalised and clamped in place) plus the
+  quantized copy and the encoder's copy when it is written, about ``OUTPUT_BYTES`` per sample;
 * per decoder session (one per branch): ONNX Runtime's arena holds the largest chunk's
   intermediates, about ``DECODER_TENSORS`` tensors of N x 49 x max(C, encoding width)
-  float32 (calibrated on edsr_clit2_small, C = 32, chunk 8192: ~0.5 GB per session);
+  float32 (calibrated on the bundled model, C = 64, chunk 8192: ~0.7 GB per session);
 * per tile: q/k/v of each branch's window (3 C float32 per grid pixel, the window being the
   tile times the grid's scale) and the encoder's working set on the LR window
   (``ENCODER_CHANNELS`` float32 per pixel for the encoders supported).
 
 The defaults pick the largest chunk (<= 8192) and tile whose estimate fits the budget:
-``min(available memory, 4 GiB) * BUDGET_FRACTION``.  They are estimates with margins, not
-guarantees; ``--tile`` and ``--chunk`` override them.
+``(min(4 GiB - resident, available memory)) * BUDGET_FRACTION``.  They are estimates with
+margins, not guarantees; ``--tile`` and ``--chunk`` override them.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 from .geometry import CascadePlan
 from .manifest import Manifest
 
 GIB = 1 << 30
-DECODER_TENSORS = 4
+DECODER_TENSORS = 8
+OUTPUT_BYTES = 8  # per output sample: float32 buffer + quantized copy + encoder's copy, with margin
 ENCODER_CHANNELS = 1024  # e.g. EDSR-baseline: 64 features x ~16 live tensors
 BUDGET_FRACTION = 0.75
 TILE_CHOICES = (1024, 768, 512, 384, 256, 192, 128, 96, 64, 48, 32)
@@ -45,10 +50,28 @@ def available_memory() -> int:
         return 4 * GIB
 
 
-def memory_budget(limit: int | None = None) -> int:
-    """Bytes the pipeline may plan for: ``limit`` or min(available, 4 GiB), times the fraction."""
-    total = limit if limit is not None else min(available_memory(), 4 * GIB)
-    return int(total * BUDGET_FRACTION)
+def resident_memory() -> int:
+    """Bytes this process holds now (Linux ``/proc/self/statm``; elsewhere its peak so far
+    where ``resource`` has it, else 0)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        pass
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
+
+
+def memory_budget(limit: int | None = None, used: int | None = None) -> int:
+    """Bytes the pipeline may plan for: the process target ``limit`` (default 4 GiB) less what
+    it already ``used`` (default: its resident memory now), at most the memory available,
+    times the fraction."""
+    cap = (4 * GIB if limit is None else limit) - (resident_memory() if used is None else used)
+    return max(0, int(min(cap, available_memory()) * BUDGET_FRACTION))
 
 
 def _width(manifest: Manifest) -> int:
@@ -78,7 +101,7 @@ def tile_bytes(manifest: Manifest, plan: CascadePlan, tile: int) -> int:
 
 def output_bytes(plan: CascadePlan) -> int:
     h, w = plan.out_size
-    return 3 * h * w * 4 * 4  # float32 output, its de-normalised copy, clamp, channel handling
+    return 3 * h * w * OUTPUT_BYTES
 
 
 def choose(manifest: Manifest, plan: CascadePlan, budget: int, chunk: int | None = None) -> tuple[int | None, int]:

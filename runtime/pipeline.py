@@ -157,7 +157,9 @@ class Pipeline:
             out[ys[0]:ys[1], xs[0]:xs[1]] = self._tile(x, x_norm, plan, ys, xs, chunk, whole)
             if self.on_tile is not None:
                 self.on_tile(i + 1, len(tiles))
-        return out * np.float32(NORM_STD) + np.float32(NORM_MEAN)
+        out *= np.float32(NORM_STD)  # de-normalised in place: one output-sized buffer in all
+        out += np.float32(NORM_MEAN)
+        return out
 
     def _tile(self, x, x_norm, plan: CascadePlan, ys: Span, xs: Span, chunk: int, whole) -> np.ndarray:
         """The normalised prediction (acc + skip) of the output tile ``ys x xs``."""

@@ -59,7 +59,10 @@ class Upscaler:
         else:
             raise TypeError(f"unsupported image dtype {arr.dtype} (uint8, uint16 or float)")
         colour = x[..., :3] if x.shape[2] >= 3 else np.repeat(x[..., :1], 3, axis=2)
-        out = np.clip(self.engine.upscale(np.ascontiguousarray(colour), scale=scale, size=size), 0, 1)
+        out = np.asarray(self.engine.upscale(np.ascontiguousarray(colour), scale=scale, size=size), dtype=np.float32)
+        if not out.flags.writeable:
+            out = out.copy()
+        np.clip(out, 0, 1, out=out)  # in place: a large output is not copied
         if x.shape[2] < 3:
             out = out.mean(axis=2, keepdims=True)
         if x.shape[2] in (2, 4):
@@ -70,7 +73,7 @@ class Upscaler:
             return quantize(out, 8)
         if arr.dtype == np.uint16:
             return quantize(out, 16)
-        return out.astype(np.float32)
+        return out
 
 
 def _bicubic(channel: np.ndarray, size) -> np.ndarray:

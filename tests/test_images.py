@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clit.runtime.images import PNG_SIGNATURE, decode_png16, encode_png16, read_image, write_image
+from clit.runtime import images
+from clit.runtime.images import PNG_SIGNATURE, decode_png16, encode_png16, quantize, read_image, write_image
 
 
 def _filtered_png16(arr: np.ndarray, filters: list[int]) -> bytes:
@@ -66,6 +67,20 @@ def test_decode_matches_pillow_on_pillow_png(rng):
     with pytest.raises(ValueError, match="truncated"):
         data = buf.getvalue()
         decode_png16(data[: data.index(b"IEND") - 30] + data[data.index(b"IEND") - 4:])
+
+
+@pytest.mark.parametrize("shape", [(37, 53, 3), (29, 31), (7,)])
+def test_quantize_in_blocks_equals_one_pass(rng, monkeypatch, shape):
+    """Block-wise rounding (several blocks, a ragged last one, a strided view) gives exactly
+    clamp-scale-round of the whole array, out-of-range values included."""
+    monkeypatch.setattr(images, "QUANTIZE_BLOCK", 100)
+    x = (rng.random(shape) * 1.4 - 0.2).astype(np.float32)
+    for view in (x, x[::2]):
+        for bits, dtype in ((8, np.uint8), (16, np.uint16)):
+            want = np.rint(np.clip(view, 0, 1) * (2**bits - 1)).astype(dtype)
+            got = quantize(view, bits)
+            assert got.dtype == dtype and got.shape == view.shape
+            np.testing.assert_array_equal(got, want)
 
 
 def test_read_image_modes_and_icc(rng, tmp_path):

@@ -6,16 +6,20 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
+from clit.runtime import memory_plan
 from clit.runtime.geometry import plan_cascade
 from clit.runtime.manifest import load_manifest
 from clit.runtime.memory_plan import (
     GIB,
+    available_memory,
     choose,
     decoder_bytes,
     memory_budget,
     output_bytes,
+    resident_memory,
     tile_bytes,
 )
 
@@ -30,14 +34,34 @@ def test_choices_fit_the_budget(model_dir):
     small = plan_cascade((64, 64), scale=2, max_branches=2)
     assert choose(m, small, 4 * GIB) == (None, 8192)  # fits whole
     full_hd = plan_cascade((1080, 1920), scale=4, max_branches=2)
-    tile, chunk = choose(m, full_hd, memory_budget(4 * GIB))
+    tile, chunk = choose(m, full_hd, memory_budget(4 * GIB, used=0))
     assert tile is not None and tile < 1920
-    assert output_bytes(full_hd) + decoder_bytes(m, chunk) + tile_bytes(m, full_hd, tile) <= memory_budget(4 * GIB)
+    assert output_bytes(full_hd) + decoder_bytes(m, chunk) + tile_bytes(m, full_hd, tile) <= memory_budget(4 * GIB, used=0)
     x12 = plan_cascade((1080, 1920), scale=12, max_branches=2)
-    tile12, _ = choose(m, x12, memory_budget(8 * GIB))
+    tile12, _ = choose(m, x12, memory_budget(8 * GIB, used=0))
     assert tile12 is not None and tile12 <= tile  # a finer grid needs smaller tiles
     assert tile_bytes(m, full_hd, 64) < tile_bytes(m, full_hd, 256)
-    assert choose(m, full_hd, memory_budget(4 * GIB), chunk=1000)[1] == 1000
+    assert choose(m, full_hd, memory_budget(4 * GIB, used=0), chunk=1000)[1] == 1000
+
+
+def test_budget_counts_what_the_process_holds(monkeypatch):
+    """The plan's target is the whole process: memory already held is taken off it, and it
+    never plans for more than the system has available (fixed here: the real figure moves)."""
+    assert available_memory() > 0
+    monkeypatch.setattr(memory_plan, "available_memory", lambda: 6 * GIB)
+    assert memory_budget(4 * GIB, used=GIB) == int(3 * GIB * 0.75)
+    assert memory_budget(GIB, used=2 * GIB) == 0
+    assert memory_budget(16 * GIB, used=0) == int(6 * GIB * 0.75)
+    assert memory_budget(used=GIB // 2) == int(3.5 * GIB * 0.75)  # default target: 4 GiB
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
+def test_resident_memory_follows_allocations():
+    before = resident_memory()
+    block = np.ones(64 << 20, dtype=np.uint8)  # 64 MiB, written so that it is resident
+    grown = resident_memory() - before
+    assert block.sum() == 64 << 20
+    assert 56 << 20 <= grown <= 72 << 20, grown
 
 
 CASE = r"""
