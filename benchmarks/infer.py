@@ -14,7 +14,8 @@ bundled default model.  Cases whose output exceeds ``--max-out-mpix`` are listed
         [--json out.json]
 
 Growth with output size and scale: ``--sizes 64x64,128x128,256x256 --scales 4`` and
-``--sizes 64x64 --scales 2,3,4,6,8,12,16``.
+``--sizes 64x64 --scales 2,3,4,6,8,12,16``; beyond x16 (a third branch) on the random-weight
+twin of ``benchmarks/random_twin.py``.
 """
 
 from __future__ import annotations
