@@ -9,13 +9,17 @@ The graph backends' peak memory is, per image (``benchmarks/memory.py`` measures
 * per decoder session (one per branch): ONNX Runtime's arena holds the largest chunk's
   intermediates, about ``DECODER_TENSORS`` tensors of N x 49 x max(C, encoding width)
   float32 (calibrated on the bundled model, C = 64, chunk 8192: ~0.7 GB per session);
-* per tile: q/k/v of each branch's window (3 C float32 per grid pixel, the window being the
-  tile times the grid's scale) and the encoder's working set on the LR window
+* per tile: each branch's window of its grid (the tile times the grid's scale) costs about
+  ``MAP_TENSORS`` C-channel float32 tensors: q/k/v, their cropped copies, the branch graph's
+  and the decoder's arenas, which persist (calibrated on 256x256 -> x8 and, with three
+  branches, 64x64 -> x18); plus the encoder's working set on the LR window
   (``ENCODER_CHANNELS`` float32 per pixel for the encoders supported).
 
 The defaults pick the largest chunk (<= 8192) and tile whose estimate fits the budget:
-``(min(4 GiB - resident, available memory)) * BUDGET_FRACTION``.  They are estimates with
-margins, not guarantees; ``--tile`` and ``--chunk`` override them.
+``(min(4 GiB - resident, available memory)) * BUDGET_FRACTION``, and whose branch windows are
+at most ``MAX_WINDOW`` grid pixels a side: the decoders slow down on larger maps (256x256 ->
+x8: 377 s whole, 221 s in tiles of 64).  They are estimates with margins, not guarantees;
+``--tile`` and ``--chunk`` override them.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from .manifest import Manifest
 GIB = 1 << 30
 DECODER_TENSORS = 8
 OUTPUT_BYTES = 8  # per output sample: float32 buffer + quantized copy + encoder's copy, with margin
+MAP_TENSORS = 16
+MAX_WINDOW = 512
 ENCODER_CHANNELS = 1024  # e.g. EDSR-baseline: 64 features x ~16 live tensors
 BUDGET_FRACTION = 0.75
 TILE_CHOICES = (1024, 768, 512, 384, 256, 192, 128, 96, 64, 48, 32)
@@ -95,7 +101,7 @@ def tile_bytes(manifest: Manifest, plan: CascadePlan, tile: int) -> int:
     for (gh, gw) in plan.grids:
         fh = min(gh, tile * gh / plan.lr_size[0] + 2 * r + 6)
         fw = min(gw, tile * gw / plan.lr_size[1] + 2 * r + 6)
-        total += int(2 * 3 * c * fh * fw * 4)  # the maps and the cropped window copy
+        total += int(MAP_TENSORS * c * fh * fw * 4)
     return total
 
 
@@ -104,15 +110,25 @@ def output_bytes(plan: CascadePlan) -> int:
     return 3 * h * w * OUTPUT_BYTES
 
 
+def fast_tile(plan: CascadePlan, tile: int | None) -> bool:
+    """Whether every branch window of LR tiles of ``tile`` (``None``: the whole image) stays
+    within ``MAX_WINDOW`` grid pixels a side."""
+    return all(g * (1 if tile is None else min(tile, side) / side) <= MAX_WINDOW
+               for grid in plan.grids for g, side in zip(grid, plan.lr_size))
+
+
 def choose(manifest: Manifest, plan: CascadePlan, budget: int, chunk: int | None = None) -> tuple[int | None, int]:
     """(tile, chunk) for ``plan`` within ``budget`` bytes: tile ``None`` when the whole image
-    fits.  A given ``chunk`` is kept; otherwise the largest that leaves room for tiles."""
+    fits with small enough branch windows.  A given ``chunk`` is kept; otherwise the largest
+    that leaves room for tiles."""
     sessions = plan.n_branches
     room = budget - output_bytes(plan)
     if chunk is None:
         chunk = next((c for c in CHUNK_CHOICES if sessions * decoder_bytes(manifest, c) <= room / 2), CHUNK_CHOICES[-1])
     room -= sessions * decoder_bytes(manifest, chunk)
-    if tile_bytes(manifest, plan, max(plan.lr_size)) <= room:
+    side = max(plan.lr_size)
+    if fast_tile(plan, None) and tile_bytes(manifest, plan, side) <= room:
         return None, chunk
-    tile = next((t for t in TILE_CHOICES if tile_bytes(manifest, plan, t) <= room), TILE_CHOICES[-1])
+    tile = next((t for t in TILE_CHOICES if t < side and fast_tile(plan, t) and tile_bytes(manifest, plan, t) <= room),
+                TILE_CHOICES[-1])
     return tile, chunk

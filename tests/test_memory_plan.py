@@ -14,9 +14,11 @@ from clit.runtime.geometry import plan_cascade
 from clit.runtime.manifest import load_manifest
 from clit.runtime.memory_plan import (
     GIB,
+    MAX_WINDOW,
     available_memory,
     choose,
     decoder_bytes,
+    fast_tile,
     memory_budget,
     output_bytes,
     resident_memory,
@@ -42,6 +44,19 @@ def test_choices_fit_the_budget(model_dir):
     assert tile12 is not None and tile12 <= tile  # a finer grid needs smaller tiles
     assert tile_bytes(m, full_hd, 64) < tile_bytes(m, full_hd, 256)
     assert choose(m, full_hd, memory_budget(4 * GIB, used=0), chunk=1000)[1] == 1000
+
+
+def test_branch_windows_stay_small(model_dir):
+    """Large cascade grids are tiled even when memory would allow the whole image (the
+    decoders run faster on small maps), and each window then fits in MAX_WINDOW a side."""
+    m = load_manifest(model_dir)
+    x8 = plan_cascade((256, 256), scale=8, max_branches=2)  # branch-2 grid 1024 x 1024
+    assert not fast_tile(x8, None)
+    tile, _ = choose(m, x8, memory_budget(64 * GIB, used=0))
+    assert tile is not None and fast_tile(x8, tile) and not fast_tile(x8, 2 * tile)
+    assert max(tile * g / lr for grid in x8.grids for g, lr in zip(grid, x8.lr_size)) <= MAX_WINDOW
+    small = plan_cascade((100, 60), scale=4, max_branches=2)
+    assert fast_tile(small, None) and choose(m, small, memory_budget(64 * GIB, used=0))[0] is None
 
 
 def test_budget_counts_what_the_process_holds(monkeypatch):
