@@ -33,8 +33,8 @@ from .manifest import Manifest
 GIB = 1 << 30
 DECODER_TENSORS = 8
 OUTPUT_BYTES = 8  # per output sample: float32 buffer + quantized copy + encoder's copy, with margin
-MAP_TENSORS = 16
-MAX_WINDOW = 512
+MAP_TENSORS = 16  # C-channel float32 tensors per grid pixel of a branch window
+MAX_WINDOW = 512  # grid pixels a side of a branch window before the plan tiles for speed
 ENCODER_CHANNELS = 1024  # e.g. EDSR-baseline: 64 features x ~16 live tensors
 BUDGET_FRACTION = 0.75
 TILE_CHOICES = (1024, 768, 512, 384, 256, 192, 128, 96, 64, 48, 32)
