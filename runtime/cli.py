@@ -162,8 +162,8 @@ def main(inputs, out, scale, size, model_dir, checkpoint, backend, precision, de
                 stages = dict(pipeline.timings) if pipeline is not None else {}
                 tqdm.write(timing_summary(src, result.shape, t_read, t_up, time.perf_counter() - t2, stages),
                            file=sys.stderr)
-                if hasattr(engine, "settings"):  # graph backends on the memory plan
-                    tile_used, chunk_used = engine.settings(pic.pixels.shape[:2], scale=scale_v, size=size_v)
+                if pipeline is not None:  # the tile and chunk the graph backends ran with
+                    tile_used, chunk_used = pipeline.last_tiling
                     tqdm.write(f"    tile {tile_used or 'none (whole image)'}, chunk {chunk_used}", file=sys.stderr)
         except (ImageError, ValueError) as exc:
             failed += 1

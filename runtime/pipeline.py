@@ -67,6 +67,7 @@ class Pipeline:
         self.manifest, self.runner, self.precision = manifest, runner, precision
         self.timings: dict[str, float] = defaultdict(float)  # seconds per stage, summed over calls
         self.on_tile: Callable[[int, int], None] | None = None  # progress: (tiles done, tiles total)
+        self.last_tiling: tuple[int | None, int] | None = None  # (tile, chunk) of the last upscale
         # (kind, branch) -> graph file, resolved once (fails here if a variant is missing)
         self._files = {(g.kind, g.branch): g.file_for(precision) for g in manifest.graphs}
 
@@ -136,6 +137,7 @@ class Pipeline:
             raise ValueError(f"tile must be >= 1, got {tile}")
         h, w = img.shape[:2]
         plan = self.plan((h, w), scale=scale, size=size)
+        self.last_tiling = (tile, chunk)
         x = np.ascontiguousarray(img.transpose(2, 0, 1)[None], dtype=np.float32)
         ws = self.manifest.window_size
         if ws > 1:  # SwinIR: mirror-pad bottom/right, upscale, crop (as the official evaluation)

@@ -96,3 +96,15 @@ def test_cli_bad_checkpoint(tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 9, 3), dtype=np.uint8)).save(img)
     done = infer(img, "--checkpoint", junk, "--scale", 2, "-o", tmp_path / "o.png")
     assert done.returncode == 2 and "not a PyTorch checkpoint" in done.stderr
+
+
+def test_cli_verbose_reports_stages_and_the_tiling_used(exported_clit2, golden_dir, tmp_path):
+    """-v names each pipeline stage and the tile and chunk the run used (here the given ones)."""
+    out = tmp_path / "out.png"
+    done = infer(golden_dir / "edsr_clit2_small_lr.png", "--model", exported_clit2[1], "--backend", "onnxruntime",
+                 "--scale", 6, "--tile", 13, "--chunk", 777, "-v", "-o", out)
+    assert done.returncode == 0, done.stderr
+    for stage in ("encoder", "branch 1 decoder", "branch 2 maps", "branch 2 decoder", "bilinear skip"):
+        assert stage in done.stderr
+    assert "tile 13, chunk 777" in done.stderr
+    assert out.is_file()
