@@ -33,12 +33,12 @@ PARITY_LR = 32  # side of the LR crop used for the built-in parity check
 REPO_SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def max_safe_queries(base_dim: int, radius: int, enc_dims: int = 0) -> int:
+def max_safe_queries(base_dim: int, radius: int) -> int:
     """Largest N keeping every decoder tensor below 2^31 elements.  Per query, the widest
-    tensors are the MLP input (49 C + 2; the gathered keys/values are 49 x C) and the
-    sinusoidal encoding (49 x enc_dims, wider when C < enc_dims)."""
+    tensors are the gathered keys and values and the MLP input, 49 x C each (the sinusoidal
+    encoding is taken per axis, 7 x enc_dims)."""
     area = (2 * radius + 1) ** 2
-    return (2**31 - 1) // max(area * base_dim + 2, area * enc_dims)
+    return (2**31 - 1) // (area * base_dim)
 
 
 def default_parity_image() -> Path | None:
@@ -92,8 +92,7 @@ def run_parity(model, manifest, img: np.ndarray, precisions) -> list[dict]:
 
 def build_manifest(ckpt_path: Path, args: dict, model, graphs: list[dict], opset: int, max_queries: int,
                    precisions) -> dict:
-    enc_dims = model.pb_encoder.proj.in_features if model.pb_encoder is not None else 0
-    safe = max_safe_queries(model.dim, model.r, enc_dims)
+    safe = max_safe_queries(model.dim, model.r)
     return {
         "format_version": FORMAT_VERSION,
         "source": {"checkpoint": ckpt_path.name, "path": str(ckpt_path.resolve()), "sha256": sha256_file(ckpt_path)},

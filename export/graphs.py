@@ -108,18 +108,40 @@ class AxisNeighbours(nn.Module):
 
 
 class RelativeBias(nn.Module):
-    """FP32 scope: the model's sinusoidal bias for rel = (rel_y, rel_x) given broadcastable
-    as (N, s, 1) and (N, 1, s).  The phase rel . B^T is written per axis (the same two
-    products and sum as the official 2-wide matmul), so nothing is expanded to (N, s, s, 2)."""
+    """FP32 scope: the model's sinusoidal bias for rel = (rel_y, rel_x) given per axis as
+    (N, s) each -> (N, s, s, heads).
+
+    Every frequency row of ``b_vals`` is (b, 0) or (0, b), so each phase is rel_y * b or
+    rel_x * b (the official 2-wide matmul adds an exact +-0) and the linear projection splits
+    into a y part and an x part: the sines and cosines are taken on (N, s) instead of
+    (N, s, s), and the bias is the broadcast sum y (N, s, 1) + x (N, 1, s).  Only the order
+    of the projection's additions differs from the official graph (float32 rounding).
+    """
 
     def __init__(self, pb):
         super().__init__()
         self.pb = pb
+        b_vals = pb.b_vals
+        y_rows = b_vals[:, 1] == 0  # a (0, 0) row (b = 2^0 - 1) has phase 0 on either axis
+        x_rows = ~y_rows & (b_vals[:, 0] == 0)
+        if not bool((y_rows | x_rows).all()):
+            raise ValueError("RelativeBias needs every frequency row to be (b, 0) or (0, b)")
+        n_phase = b_vals.shape[0]
+        weight = pb.proj.weight.detach()  # heads, 2 * n_phase: [sin(phases), cos(phases)]
+        for name, rows in (("y", y_rows), ("x", x_rows)):
+            cols = torch.cat([rows, rows])  # the sin and cos columns of these phases
+            self.register_buffer(f"freq_{name}", b_vals[rows].sum(-1), persistent=False)
+            self.register_buffer(f"proj_{name}", weight[:, cols].t().contiguous(), persistent=False)
+        assert self.proj_y.shape[0] + self.proj_x.shape[0] == 2 * n_phase
+
+    def _axis(self, rel: torch.Tensor, freq: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
+        phase = rel.unsqueeze(-1) * freq  # N, s, F
+        return torch.matmul(torch.cat([torch.sin(phase), torch.cos(phase)], dim=-1), proj)  # N, s, heads
 
     def forward(self, rel_y, rel_x):
-        by, bx = self.pb.b_vals[:, 0], self.pb.b_vals[:, 1]
-        phase = rel_y.unsqueeze(-1) * by + rel_x.unsqueeze(-1) * bx  # N, s, s, F
-        return self.pb.proj(torch.cat([torch.sin(phase), torch.cos(phase)], dim=-1))
+        by = self._axis(rel_y, self.freq_y, self.proj_y)
+        bx = self._axis(rel_x, self.freq_x, self.proj_x) + self.pb.proj.bias
+        return by.unsqueeze(2) + bx.unsqueeze(1)
 
 
 class AttentionSoftmax(nn.Module):
@@ -185,21 +207,30 @@ class DecoderGraph(nn.Module):
         ny, valid_y, rel_y = self.neighbours(cy, h_f, rows, drow)  # N, side each
         nx, valid_x, rel_x = self.neighbours(cx, w_f, cols, dcol)
 
-        # keys / values of the neighbourhood (broadcast N, side, side), zero outside the map
+        # keys / values of the neighbourhood (broadcast N, side, side).  Zero padding: a
+        # neighbour outside the map has key = value = 0, i.e. logit 0 and no value; the mask
+        # is applied to the (N, area, heads) logits and weights, which gives the same numbers
+        # as masking the (N, area, C) keys and values at an eighth of the work.
         ly = _clamp(ny - offset[0], _dim(v_map, 2) - 1).unsqueeze(2)
         lx = _clamp(nx - offset[1], _dim(v_map, 3) - 1).unsqueeze(1)
         mask = (valid_y.unsqueeze(2) & valid_x.unsqueeze(1)).to(v_map.dtype).reshape(n, area, 1)
-        key = _gather(k_map[0], ly, lx).reshape(n, area, c) * mask
-        val = _gather(v_map[0], ly, lx).reshape(n, area, c) * mask
+        key = _gather(k_map[0], ly, lx).reshape(n, area, heads, dh)
+        val = _gather(v_map[0], ly, lx).reshape(n, area, heads, dh)
         q = self.q_sample(q_map[0], cy, cx, h_f, w_f, offset[0], offset[1])  # N, C
 
-        logits = torch.matmul(key.reshape(n, area, heads, dh).permute(0, 2, 1, 3), q.reshape(n, heads, dh, 1))
-        logits = logits.reshape(n, heads, area).permute(0, 2, 1)  # N, area, heads
+        logits = (key * q.reshape(n, 1, heads, dh)).sum(-1) * mask  # N, area, heads
         bias = None
         if self.bias is not None:
-            bias = self.bias(rel_y.unsqueeze(2), rel_x.unsqueeze(1)).reshape(n, area, heads)
-        attn = self.softmax(logits, bias)
-        feat_in = (val.reshape(n, area, heads, dh) * attn.unsqueeze(-1)).reshape(n, area * c)
+            bias = self.bias(rel_y, rel_x).reshape(n, area, heads)
+        attn = self.softmax(logits, bias) * mask
+        feat_in = (val * attn.unsqueeze(-1)).reshape(n, area * c)
+        layers = m.imnets[self.k].layers
         if m.is_cell:
-            feat_in = torch.cat([feat_in, torch.zeros_like(coord) + cell * size], dim=-1)
-        return m.imnets[self.k](feat_in).unsqueeze(0)
+            # The MLP input ends with cell * (h, w), the same for every query: fold its two
+            # columns of the first layer into that layer's bias instead of appending them to
+            # the (N, area * C) input (same sum, another order of additions).
+            w = layers[0].weight
+            first = F.linear(feat_in, w[:, : area * c], layers[0].bias + torch.matmul(cell * size, w[:, area * c:].t()))
+        else:
+            first = layers[0](feat_in)
+        return layers[1:](first).unsqueeze(0)

@@ -89,6 +89,33 @@ def test_decoder_query_counts(golden_dir, exported, rng, n):
         assert res.shape == (n, 3) and np.abs(res - ref).max() <= 1e-5
 
 
+@pytest.mark.parametrize("is_cell, with_bias", [(True, True), (False, True), (True, False)])
+def test_decoder_graph_variants_equal_model_query(tmp_path, rng, is_cell, with_bias):
+    """The decoder graph's rewrites (bias split per axis, mask on the logits and weights,
+    cell folded into the first layer's bias) equal the model's query, for models with and
+    without the cell input and the positional bias, at queries near and beyond the borders."""
+    from test_model import small_model
+
+    over = {"is_cell": is_cell} if with_bias else {"is_cell": is_cell, "pb_spec": None}
+    model = small_model(seed=3, imnet_num=1, conv_num=1, **over)
+    graphs = export_graphs(model, tmp_path)
+    manifest = Manifest(tmp_path, {"format_version": FORMAT_VERSION, "n_branches": 1, "radius": model.r,
+                                   "window_size": model.window_size, "encoder_halo": encoder_halo(model),
+                                   "graphs": graphs})
+    pipe = Pipeline(manifest, OnnxRuntimeRunner(manifest))
+    img = rng.random((9, 12, 3), dtype=np.float32)
+    plan = plan_cascade((9, 12), scale=2.7)
+    _, *maps = pipe.encode(img.transpose(2, 0, 1)[None].copy())
+    coord = rng.uniform(-1, 1, (500, 2)).astype(np.float32)
+    coord[:4] = [(-1, -1), (1 - 1e-6, 1 - 1e-6), (-1, 0.3), (0.2, 1 - 1e-6)]  # corners and edges
+    res = pipe.decode(0, maps, plan.grids[0], coord, plan.cell)
+    with torch.no_grad():
+        ref = model.query(0, tuple(torch.from_numpy(m) for m in maps), torch.from_numpy(coord)[None],
+                          torch.from_numpy(plan.cell)[None])[0].numpy()
+    assert res.shape == (500, 3) and np.isfinite(res).all()
+    assert np.abs(res - ref).max() <= 1e-5
+
+
 def test_windowed_branch_maps_and_decoder_equal_whole(golden_dir, exported, rng):
     _, pipe = exported(golden_dir, "edsr_clit3_small")
     img = rng.random((9, 10, 3), dtype=np.float32)
@@ -142,8 +169,8 @@ def test_graph_interfaces_are_dynamic(golden_dir):
     assert set(specs) == {("encoder", 0), ("branch", 1), ("branch", 2), ("decoder", 0), ("decoder", 1), ("decoder", 2)}
     coord = dict((n, shape) for n, _, shape in specs[("decoder", 2)].inputs)["coord"]
     assert coord == (1, "N", 2)
-    assert max_safe_queries(256, 3, 64) * (49 * 256 + 2) < 2**31 <= (max_safe_queries(256, 3, 64) + 1) * (49 * 256 + 2)
-    assert max_safe_queries(32, 3, 64) == (2**31 - 1) // (49 * 64)  # small C: the encoding is the widest
+    assert max_safe_queries(256, 3) * 49 * 256 < 2**31 <= (max_safe_queries(256, 3) + 1) * 49 * 256
+    assert max_safe_queries(32, 1) == (2**31 - 1) // (9 * 32)
 
 
 def export_cli(*args):
