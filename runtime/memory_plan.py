@@ -7,8 +7,9 @@ The graph backends' peak memory is, per image (``benchmarks/memory.py`` measures
 * the output: one float32 (H, W, C) buffer (de-normalised and clamped in place) plus the
   quantized copy and the encoder's copy when it is written, about ``OUTPUT_BYTES`` per sample;
 * per decoder session (one per branch): ONNX Runtime's arena holds the largest chunk's
-  intermediates, about ``DECODER_TENSORS`` tensors of N x 49 x max(C, encoding width)
-  float32 (calibrated on the bundled model, C = 64, chunk 8192: ~0.7 GB per session);
+  intermediates, about ``DECODER_TENSORS`` tensors of N x 49 x C float32 (calibrated on the
+  bundled model, C = 64: 4.9 such tensors at chunk 4096 and 8192, ~0.48 GB per session at
+  8192; earlier exports, which encoded the bias on all 49 neighbours, needed 6.7);
 * per tile: each branch's window of its grid (the tile times the grid's scale) costs about
   ``MAP_TENSORS`` C-channel float32 tensors: q/k/v, their cropped copies, the branch graph's
   and the decoder's arenas, which persist (calibrated on 256x256 -> x8 and, with three
@@ -31,7 +32,7 @@ from .geometry import CascadePlan
 from .manifest import Manifest
 
 GIB = 1 << 30
-DECODER_TENSORS = 8
+DECODER_TENSORS = 6
 OUTPUT_BYTES = 8  # per output sample: float32 buffer + quantized copy + encoder's copy, with margin
 MAP_TENSORS = 16  # C-channel float32 tensors per grid pixel of a branch window
 MAX_WINDOW = 512  # grid pixels a side of a branch window before the plan tiles for speed
@@ -80,15 +81,10 @@ def memory_budget(limit: int | None = None, used: int | None = None) -> int:
     return max(0, int(min(cap, available_memory()) * BUDGET_FRACTION))
 
 
-def _width(manifest: Manifest) -> int:
-    enc = (manifest.data.get("model_args", {}).get("pb_spec") or {}).get("args", {}).get("enc_dims", 64)
-    return max(int(manifest.data["base_dim"]), int(enc))
-
-
 def decoder_bytes(manifest: Manifest, chunk: int) -> int:
     """Arena of one decoder session for chunks of ``chunk`` queries."""
     area = (2 * manifest.radius + 1) ** 2
-    return DECODER_TENSORS * chunk * area * _width(manifest) * 4
+    return DECODER_TENSORS * chunk * area * int(manifest.data["base_dim"]) * 4
 
 
 def tile_bytes(manifest: Manifest, plan: CascadePlan, tile: int) -> int:
