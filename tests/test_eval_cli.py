@@ -32,6 +32,47 @@ def test_eval_json_and_table_bicubic(data_dir, tmp_path):
                     f"{rows[3]['psnr']:.2f} / {rows[3]['ssim_y']:.4f} |"
 
 
+def test_eval_json_persists_each_pair_and_resume_continues(data_dir, tmp_path, monkeypatch):
+    """An interrupted run leaves the pairs it finished in --json (complete: false); --resume
+    keeps them and runs only the rest, giving the table of an uninterrupted run."""
+    import clit.train.evaluate as ev
+
+    set5 = str(data_dir / "Set5" / "HR")
+    args = ["--method", "bicubic", "--data", set5, "--scales", "2,3,4", "--max-images", "2"]
+    full = tmp_path / "full.json"
+    assert CliRunner().invoke(eval_cli, [*args, "--json", str(full)]).exit_code == 0
+    assert json.loads(full.read_text())["complete"] is True
+
+    real, calls = ev.evaluate, []
+
+    def interrupted_at_third(*a, **k):
+        calls.append(a[2])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    part = tmp_path / "part.json"
+    monkeypatch.setattr(ev, "evaluate", interrupted_at_third)
+    CliRunner().invoke(eval_cli, [*args, "--json", str(part)])
+    doc = json.loads(part.read_text())
+    assert doc["complete"] is False and [r["scale"] for r in doc["results"]] == [2.0, 3.0]
+
+    calls.clear()
+    res = CliRunner().invoke(eval_cli, [*args, "--json", str(part), "--resume"])
+    assert res.exit_code == 0, res.output
+    assert calls == [4.0] and "Set5 x2: kept" in res.output
+    resumed, straight = json.loads(part.read_text()), json.loads(full.read_text())
+    assert resumed["complete"] is True
+    for a, b in zip(resumed["results"], straight["results"], strict=True):
+        assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
+
+    # another setup, or no --json, is refused
+    res = CliRunner().invoke(eval_cli, [*args, "--quantize", "--json", str(part), "--resume"])
+    assert res.exit_code == 2 and "quantize" in res.output
+    res = CliRunner().invoke(eval_cli, [*args, "--resume"])
+    assert res.exit_code == 2 and "--resume needs --json" in res.output
+
+
 def test_eval_quantize_changes_little(data_dir, tmp_path):
     from clit.train.evaluate import BicubicEngine, evaluate
 

@@ -130,11 +130,16 @@ def parse_scales(text: str) -> list[float]:
 @click.option("--device", default="cpu", show_default=True, help="torch device for --checkpoint.")
 @click.option("--quantize", is_flag=True, help="Round predictions to 8 bits first (what a saved PNG scores).")
 @click.option("--max-images", type=click.IntRange(min=1), help="Only the first N images of each folder.")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the results as JSON here.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path),
+              help="Also write the results as JSON here (rewritten after every dataset and scale, "
+                   "'complete' false until the end).")
+@click.option("--resume", is_flag=True,
+              help="Keep the results already in --json from the same setup and run only the missing "
+                   "dataset/scale pairs (long evaluations over several sittings).")
 @click.option("--markdown", "markdown_label", metavar="LABEL",
               help="Also print the results as README table rows (PSNR / SSIM-Y per scale) labelled LABEL.")
 def main(checkpoint, model_dir, method, folders, scales, protocol, backend, precision, device, quantize,
-         max_images, json_out, markdown_label):
+         max_images, json_out, resume, markdown_label):
     """Evaluate a model (or bicubic) on folders of HR images at several scales.
 
     LR inputs are made from the HR images as LIIF/LTE/CLIT do (MATLAB bicubic for integer
@@ -143,6 +148,8 @@ def main(checkpoint, model_dir, method, folders, scales, protocol, backend, prec
     Without --checkpoint or --model the bundled default model is evaluated.
     """
     scale_list = parse_scales(scales)
+    if resume and json_out is None:
+        raise click.UsageError("--resume needs --json (the results to continue)")
     if method == "bicubic":
         if checkpoint or model_dir:
             raise click.UsageError("--method bicubic takes no --checkpoint or --model")
@@ -156,24 +163,60 @@ def main(checkpoint, model_dir, method, folders, scales, protocol, backend, prec
         except (ValueError, RuntimeError, OSError) as exc:
             raise click.UsageError(str(exc)) from None
     click.echo(f"method: {engine.name}; protocol: {protocol}", err=True)
+    setup = {"method": engine.name, "protocol": protocol, "quantize": quantize,
+             "checkpoint": str(checkpoint) if checkpoint else None, "model": str(model_dir) if model_dir else None,
+             "max_images": max_images}
+    done = previous_results(json_out, setup) if resume else {}
     results, failed = [], []
     for folder in folders:
         for s in scale_list:
+            key = (dataset_name(folder), float(s))
+            if key in done:
+                results.append(done[key])
+                click.echo(f"{key[0]} x{s:g}: kept from {json_out}", err=True)
+                continue
             try:
-                results.append(evaluate(engine, folder, s, protocol, quantize=quantize, max_images=max_images,
-                                        progress=True))
+                r = evaluate(engine, folder, s, protocol, quantize=quantize, max_images=max_images, progress=True)
             except ValueError as exc:  # ImageError, bad scale for the model
                 failed.append(f"{folder} x{s:g}: {exc}")
                 click.echo(f"clit-eval: error: {folder} x{s:g}: {exc}", err=True)
+                continue
+            results.append(r)
+            click.echo(f"{r.dataset} x{r.scale:g}: PSNR {r.psnr:.3f} dB, SSIM-Y {r.ssim_y:.4f} "
+                       f"({r.images} images, {r.seconds:.1f} s)", err=True)
+            if json_out is not None:
+                write_json(json_out, setup, results, failed, complete=False)
     click.echo(format_table(results))
     if markdown_label:
         click.echo("\n" + markdown_rows(results, markdown_label, scale_list))
     if json_out is not None:
-        doc = {"results": [asdict(r) for r in results], "method": engine.name, "protocol": protocol,
-               "quantize": quantize, "checkpoint": str(checkpoint) if checkpoint else None,
-               "model": str(model_dir) if model_dir else None,
-               "metrics": {"psnr": "Y (benchmark) or RGB (div2k), shaved", "ssim": "official RGB Gaussian SSIM, no shave",
-                           "ssim_y": "Y-channel Gaussian SSIM, shaved like PSNR"},
-               "errors": failed}
-        atomic_write(json_out, lambda f: f.write(json.dumps(doc, indent=2).encode()))
+        write_json(json_out, setup, results, failed, complete=True)
     sys.exit(1 if failed else 0)
+
+
+METRICS = {"psnr": "Y (benchmark) or RGB (div2k), shaved", "ssim": "official RGB Gaussian SSIM, no shave",
+           "ssim_y": "Y-channel Gaussian SSIM, shaved like PSNR"}
+
+
+def write_json(path: Path, setup: dict, results: list[Result], failed: list[str], complete: bool) -> None:
+    """The results document, written atomically: the setup, one entry per dataset and scale,
+    the errors, and whether the run had finished."""
+    doc = {"results": [asdict(r) for r in results], **setup, "metrics": METRICS, "errors": failed,
+           "complete": complete}
+    atomic_write(path, lambda f: f.write(json.dumps(doc, indent=2).encode()))
+
+
+def previous_results(path: Path, setup: dict) -> dict[tuple[str, float], Result]:
+    """(dataset, scale) -> Result from an earlier ``--json`` document of the same setup
+    (nothing if the file does not exist); a different setup is an error."""
+    if not path.is_file():
+        return {}
+    try:
+        doc = json.loads(path.read_text())
+        rows = [Result(**r) for r in doc["results"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise click.UsageError(f"--resume: {path} is not a clit-eval results file ({exc})") from None
+    differs = [k for k, v in setup.items() if doc.get(k) != v]
+    if differs:
+        raise click.UsageError(f"--resume: {path} was made with another setup ({', '.join(differs)} differ)")
+    return {(r.dataset, r.scale): r for r in rows}
