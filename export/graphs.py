@@ -127,20 +127,20 @@ class RelativeBias(nn.Module):
         if not bool((y_rows | x_rows).all()):
             raise ValueError("RelativeBias needs every frequency row to be (b, 0) or (0, b)")
         n_phase = b_vals.shape[0]
-        weight = pb.proj.weight.detach()  # heads, 2 * n_phase: [sin(phases), cos(phases)]
         for name, rows in (("y", y_rows), ("x", x_rows)):
-            cols = torch.cat([rows, rows])  # the sin and cos columns of these phases
+            # the projection's input is [sin(phases), cos(phases)]: these phases' columns of each
+            cols = torch.cat([rows.nonzero()[:, 0], rows.nonzero()[:, 0] + n_phase])
             self.register_buffer(f"freq_{name}", b_vals[rows].sum(-1), persistent=False)
-            self.register_buffer(f"proj_{name}", weight[:, cols].t().contiguous(), persistent=False)
-        assert self.proj_y.shape[0] + self.proj_x.shape[0] == 2 * n_phase
+            self.register_buffer(f"cols_{name}", cols, persistent=False)
 
-    def _axis(self, rel: torch.Tensor, freq: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
+    def _axis(self, rel: torch.Tensor, freq: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         phase = rel.unsqueeze(-1) * freq  # N, s, F
+        proj = self.pb.proj.weight.index_select(1, cols).t()  # constant-folded at export
         return torch.matmul(torch.cat([torch.sin(phase), torch.cos(phase)], dim=-1), proj)  # N, s, heads
 
     def forward(self, rel_y, rel_x):
-        by = self._axis(rel_y, self.freq_y, self.proj_y)
-        bx = self._axis(rel_x, self.freq_x, self.proj_x) + self.pb.proj.bias
+        by = self._axis(rel_y, self.freq_y, self.cols_y)
+        bx = self._axis(rel_x, self.freq_x, self.cols_x) + self.pb.proj.bias
         return by.unsqueeze(2) + bx.unsqueeze(1)
 
 
