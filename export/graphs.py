@@ -129,7 +129,8 @@ class RelativeBias(nn.Module):
         n_phase = b_vals.shape[0]
         for name, rows in (("y", y_rows), ("x", x_rows)):
             # the projection's input is [sin(phases), cos(phases)]: these phases' columns of each
-            cols = torch.cat([rows.nonzero()[:, 0], rows.nonzero()[:, 0] + n_phase])
+            idx = rows.nonzero()[:, 0]
+            cols = torch.cat([idx, idx + n_phase])
             self.register_buffer(f"freq_{name}", b_vals[rows].sum(-1), persistent=False)
             self.register_buffer(f"cols_{name}", cols, persistent=False)
 
