@@ -24,7 +24,7 @@ from typing import Protocol
 import numpy as np
 
 from .bundled import bundled_checkpoint, bundled_model_dir
-from .manifest import load_manifest
+from .manifest import MANIFEST, load_manifest
 from .memory_plan import choose, memory_budget, resident_memory
 from .onnx_backend import OnnxRuntimeRunner, default_providers
 from .pipeline import DEFAULT_CHUNK, Pipeline
@@ -35,6 +35,8 @@ PRECISIONS = ("auto", "fp32", "fp16", "int8")  # int8: a clit-calibrate model di
 
 class Engine(Protocol):
     name: str
+    source: Path | None  # the file that identifies the model: manifest or checkpoint
+
 
     def upscale(self, img: np.ndarray, scale=None, size=None) -> np.ndarray: ...
 
@@ -62,6 +64,7 @@ class OnnxEngine:
         self.chunk, self.tile, self.memory_limit = chunk, tile, memory_limit
         self.resident = resident_memory()  # the plan's baseline (later, it would count our own arenas)
         self.name = f"onnxruntime-{'cuda' if gpu else 'cpu'} {precision}"
+        self.source = manifest.root / MANIFEST
 
     def settings(self, lr_size, scale=None, size=None) -> tuple[int | None, int]:
         """(tile, chunk) used for an image of ``lr_size``: the given ones or the memory plan's."""
@@ -91,6 +94,7 @@ class TensorRTEngine:
         self.chunk = min(chunk, limits.max_queries)
         self.tile = min(tile or limits.tile, limits.tile)
         self.name = f"tensorrt-{self.runner.trt.__version__} {precision} ({self.runner.gpu})"
+        self.source = manifest.root / MANIFEST
 
     def upscale(self, img, scale=None, size=None):
         return self.pipeline.upscale(img, scale=scale, size=size, chunk=self.chunk, tile=self.tile)

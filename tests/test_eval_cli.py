@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -32,37 +33,40 @@ def test_eval_json_and_table_bicubic(data_dir, tmp_path):
                     f"{rows[3]['psnr']:.2f} / {rows[3]['ssim_y']:.4f} |"
 
 
-def test_eval_json_persists_each_pair_and_resume_continues(data_dir, tmp_path, monkeypatch):
-    """An interrupted run leaves the pairs it finished in --json (complete: false); --resume
-    keeps them and runs only the rest, giving the table of an uninterrupted run."""
+def test_eval_json_persists_each_image_and_resume_continues(data_dir, tmp_path, monkeypatch):
+    """An interrupted run leaves in --json the pairs it finished and the images it scored of the
+    pair it was in (complete: false); --resume keeps both and runs only the rest, giving the
+    table of an uninterrupted run."""
     import clit.train.evaluate as ev
 
     set5 = str(data_dir / "Set5" / "HR")
     args = ["--method", "bicubic", "--data", set5, "--scales", "2,3,4", "--max-images", "2"]
     full = tmp_path / "full.json"
     assert CliRunner().invoke(eval_cli, [*args, "--json", str(full)]).exit_code == 0
-    assert json.loads(full.read_text())["complete"] is True
+    straight = json.loads(full.read_text())
+    assert straight["complete"] is True and straight["partial"] == {}
 
-    real, calls = ev.evaluate, []
+    real, calls = ev.make_pair, []
 
-    def interrupted_at_third(*a, **k):
-        calls.append(a[2])
-        if len(calls) == 3:
+    def interrupted_at_fourth(img, scale):
+        calls.append(scale)
+        if len(calls) == 4:  # the second image of x3
             raise KeyboardInterrupt
-        return real(*a, **k)
+        return real(img, scale)
 
     part = tmp_path / "part.json"
-    monkeypatch.setattr(ev, "evaluate", interrupted_at_third)
+    monkeypatch.setattr(ev, "make_pair", interrupted_at_fourth)
     CliRunner().invoke(eval_cli, [*args, "--json", str(part)])
     doc = json.loads(part.read_text())
-    assert doc["complete"] is False and [r["scale"] for r in doc["results"]] == [2.0, 3.0]
+    assert doc["complete"] is False and [r["scale"] for r in doc["results"]] == [2.0]
+    assert list(doc["partial"]) == ["Set5 x3"] and len(doc["partial"]["Set5 x3"]) == 1
 
     calls.clear()
     res = CliRunner().invoke(eval_cli, [*args, "--json", str(part), "--resume"])
     assert res.exit_code == 0, res.output
-    assert calls == [4.0] and "Set5 x2: kept" in res.output
-    resumed, straight = json.loads(part.read_text()), json.loads(full.read_text())
-    assert resumed["complete"] is True
+    assert calls == [3.0, 4.0, 4.0] and "Set5 x2: kept" in res.output and "Set5 x3: 1 images kept" in res.output
+    resumed = json.loads(part.read_text())
+    assert resumed["complete"] is True and resumed["partial"] == {}
     for a, b in zip(resumed["results"], straight["results"], strict=True):
         assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
 
@@ -71,6 +75,20 @@ def test_eval_json_persists_each_pair_and_resume_continues(data_dir, tmp_path, m
     assert res.exit_code == 2 and "quantize" in res.output
     res = CliRunner().invoke(eval_cli, [*args, "--resume"])
     assert res.exit_code == 2 and "--resume needs --json" in res.output
+
+
+def test_eval_resume_refuses_a_changed_model_file(golden_dir, data_dir, tmp_path):
+    """The setup records the model file's sha256: new weights at the same path are not mixed
+    into results of the old ones."""
+    ckpt = tmp_path / "model.pth"
+    shutil.copyfile(golden_dir / "edsr_lit_small.pth", ckpt)
+    args = ["--checkpoint", str(ckpt), "--data", str(data_dir / "Set5" / "HR"), "--max-images", "1",
+            "--json", str(tmp_path / "r.json")]
+    res = CliRunner().invoke(eval_cli, [*args, "--scales", "2"])
+    assert res.exit_code == 0, res.output
+    shutil.copyfile(golden_dir / "edsr_clit2_small.pth", ckpt)
+    res = CliRunner().invoke(eval_cli, [*args, "--scales", "2,3", "--resume"])
+    assert res.exit_code == 2 and "model_sha256 differ" in res.output
 
 
 def test_eval_quantize_changes_little(data_dir, tmp_path):

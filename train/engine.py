@@ -18,6 +18,7 @@ class TorchEngine:
         self.model = load_model(checkpoint, device=device)
         self.device, self.chunk = device, chunk
         self.name = f"torch-{device} fp32"
+        self.source = Path(checkpoint)
 
     def upscale(self, img: np.ndarray, scale=None, size=None) -> np.ndarray:
         lr = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None].to(self.device)

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from clit.runtime.atomic import atomic_write
 from clit.runtime.engines import BACKENDS, PRECISIONS, make_engine
 from clit.runtime.images import list_images, read_uint8
+from clit.runtime.manifest import sha256_file
 from clit.runtime.protocol import PROTOCOLS, make_pair, score
 from clit.runtime.resize import imresize
 
@@ -30,6 +31,7 @@ class BicubicEngine:
     """The bicubic baseline: MATLAB-compatible ``imresize`` up to ``round(h * s)``."""
 
     name = "bicubic (MATLAB imresize)"
+    source = None  # no model file
 
     def upscale(self, img: np.ndarray, scale=None, size=None) -> np.ndarray:
         h, w = img.shape[:2]
@@ -37,6 +39,14 @@ class BicubicEngine:
             sh, sw = scale if isinstance(scale, (tuple, list)) else (scale, scale)
             size = (round(h * sh), round(w * sw))
         return imresize(img, size=size).astype(np.float32)
+
+
+@dataclass
+class ImageScore:
+    psnr: float
+    ssim: float
+    ssim_y: float
+    seconds: float
 
 
 @dataclass
@@ -57,28 +67,37 @@ def dataset_name(folder: Path) -> str:
 
 
 def evaluate(engine, folder: Path, scale: float, protocol: str, quantize: bool = False,
-             max_images: int | None = None, progress: bool = False) -> Result:
+             max_images: int | None = None, progress: bool = False,
+             scores: dict[str, ImageScore] | None = None, on_image=None) -> Result:
     """Mean PSNR / SSIM of ``engine`` over the HR images of ``folder`` at ``scale``.
 
+    ``scores`` (image path relative to ``folder`` -> score) holds images scored earlier, which
+    are not run again, and receives each new score; ``on_image()`` is called after each.
     ``seconds`` is the total time spent in ``engine.upscale``."""
+    folder = Path(folder)
     files = list_images(folder)[:max_images]
-    psnrs, ssims, ssims_y, seconds = [], [], [], 0.0
-    for path in tqdm(files, desc=f"{dataset_name(folder)} x{scale:g}", disable=not progress, leave=False):
+    names = [p.relative_to(folder).as_posix() for p in files]
+    scores = {} if scores is None else scores
+    todo = [(n, p) for n, p in zip(names, files) if n not in scores]
+    for name, path in tqdm(todo, desc=f"{dataset_name(folder)} x{scale:g}", disable=not progress, leave=False,
+                           initial=len(files) - len(todo), total=len(files)):
         hr, lr = make_pair(read_uint8(path), scale)
         t0 = time.perf_counter()
         pred = engine.upscale(lr.astype(np.float32) / 255, scale=scale)
-        seconds += time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
         if pred.shape != hr.shape:
             raise AssertionError(f"{path}: prediction {pred.shape} but HR crop {hr.shape}")
         pred = np.clip(pred, 0, 1)
         if quantize:
             pred = np.rint(pred * 255) / 255
         s = score(pred, hr.astype(np.float64) / 255, scale, protocol)
-        psnrs.append(s.psnr)
-        ssims.append(s.ssim)
-        ssims_y.append(s.ssim_y)
-    return Result(dataset_name(folder), float(scale), float(np.mean(psnrs)), float(np.mean(ssims)),
-                  float(np.mean(ssims_y)), len(files), round(seconds, 3))
+        scores[name] = ImageScore(float(s.psnr), float(s.ssim), float(s.ssim_y), seconds)
+        if on_image is not None:
+            on_image()
+    rows = [scores[n] for n in names]
+    return Result(dataset_name(folder), float(scale), float(np.mean([r.psnr for r in rows])),
+                  float(np.mean([r.ssim for r in rows])), float(np.mean([r.ssim_y for r in rows])), len(files),
+                  round(sum(r.seconds for r in rows), 3))
 
 
 def format_table(results: list[Result]) -> str:
@@ -131,11 +150,12 @@ def parse_scales(text: str) -> list[float]:
 @click.option("--quantize", is_flag=True, help="Round predictions to 8 bits first (what a saved PNG scores).")
 @click.option("--max-images", type=click.IntRange(min=1), help="Only the first N images of each folder.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path),
-              help="Also write the results as JSON here (rewritten after every dataset and scale, "
-                   "'complete' false until the end).")
+              help="Also write the results as JSON here (rewritten after every image, 'complete' false "
+                   "until the end; the scores of a dataset/scale pair still running are under 'partial').")
 @click.option("--resume", is_flag=True,
-              help="Keep the results already in --json from the same setup and run only the missing "
-                   "dataset/scale pairs (long evaluations over several sittings).")
+              help="Keep the results already in --json from the same setup (same model files too) and "
+                   "run only what is missing, down to single images (long evaluations over several "
+                   "sittings).")
 @click.option("--markdown", "markdown_label", metavar="LABEL",
               help="Also print the results as README table rows (PSNR / SSIM-Y per scale) labelled LABEL.")
 def main(checkpoint, model_dir, method, folders, scales, protocol, backend, precision, device, quantize,
@@ -165,9 +185,14 @@ def main(checkpoint, model_dir, method, folders, scales, protocol, backend, prec
     click.echo(f"method: {engine.name}; protocol: {protocol}", err=True)
     setup = {"method": engine.name, "protocol": protocol, "quantize": quantize,
              "checkpoint": str(checkpoint) if checkpoint else None, "model": str(model_dir) if model_dir else None,
-             "max_images": max_images}
-    done = previous_results(json_out, setup) if resume else {}
+             "model_sha256": sha256_file(engine.source) if engine.source else None, "max_images": max_images}
+    done, partial = previous_results(json_out, setup) if resume else ({}, {})
     results, failed = [], []
+
+    def save(complete: bool = False) -> None:
+        if json_out is not None:
+            write_json(json_out, setup, results, failed, partial, complete=complete)
+
     for folder in folders:
         for s in scale_list:
             key = (dataset_name(folder), float(s))
@@ -175,22 +200,27 @@ def main(checkpoint, model_dir, method, folders, scales, protocol, backend, prec
                 results.append(done[key])
                 click.echo(f"{key[0]} x{s:g}: kept from {json_out}", err=True)
                 continue
+            running = f"{key[0]} x{s:g}"
+            scores = partial.setdefault(running, {})
+            if scores:
+                click.echo(f"{running}: {len(scores)} images kept from {json_out}", err=True)
             try:
-                r = evaluate(engine, folder, s, protocol, quantize=quantize, max_images=max_images, progress=True)
+                r = evaluate(engine, folder, s, protocol, quantize=quantize, max_images=max_images, progress=True,
+                             scores=scores, on_image=save)
             except ValueError as exc:  # ImageError, bad scale for the model
+                del partial[running]
                 failed.append(f"{folder} x{s:g}: {exc}")
                 click.echo(f"clit-eval: error: {folder} x{s:g}: {exc}", err=True)
                 continue
+            del partial[running]
             results.append(r)
             click.echo(f"{r.dataset} x{r.scale:g}: PSNR {r.psnr:.3f} dB, SSIM-Y {r.ssim_y:.4f} "
                        f"({r.images} images, {r.seconds:.1f} s)", err=True)
-            if json_out is not None:
-                write_json(json_out, setup, results, failed, complete=False)
+            save()
     click.echo(format_table(results))
     if markdown_label:
         click.echo("\n" + markdown_rows(results, markdown_label, scale_list))
-    if json_out is not None:
-        write_json(json_out, setup, results, failed, complete=True)
+    save(complete=True)
     sys.exit(1 if failed else 0)
 
 
@@ -198,25 +228,32 @@ METRICS = {"psnr": "Y (benchmark) or RGB (div2k), shaved", "ssim": "official RGB
            "ssim_y": "Y-channel Gaussian SSIM, shaved like PSNR"}
 
 
-def write_json(path: Path, setup: dict, results: list[Result], failed: list[str], complete: bool) -> None:
-    """The results document, written atomically: the setup, one entry per dataset and scale,
-    the errors, and whether the run had finished."""
+def write_json(path: Path, setup: dict, results: list[Result], failed: list[str],
+               partial: dict[str, dict[str, ImageScore]], complete: bool) -> None:
+    """The results document, written atomically: the setup, one entry per finished dataset and
+    scale, the per-image scores of the pair still running ('partial'), the errors, and whether
+    the run had finished."""
     doc = {"results": [asdict(r) for r in results], **setup, "metrics": METRICS, "errors": failed,
+           "partial": {pair: {name: asdict(v) for name, v in scores.items()} for pair, scores in partial.items()},
            "complete": complete}
     atomic_write(path, lambda f: f.write(json.dumps(doc, indent=2).encode()))
 
 
-def previous_results(path: Path, setup: dict) -> dict[tuple[str, float], Result]:
-    """(dataset, scale) -> Result from an earlier ``--json`` document of the same setup
-    (nothing if the file does not exist); a different setup is an error."""
+def previous_results(path: Path, setup: dict) -> tuple[dict[tuple[str, float], Result],
+                                                       dict[str, dict[str, ImageScore]]]:
+    """From an earlier ``--json`` document of the same setup: (dataset, scale) -> Result of the
+    finished pairs, and 'DATASET xSCALE' -> image -> score of an unfinished one (both empty if
+    the file does not exist); a different setup is an error."""
     if not path.is_file():
-        return {}
+        return {}, {}
     try:
         doc = json.loads(path.read_text())
         rows = [Result(**r) for r in doc["results"]]
-    except (ValueError, KeyError, TypeError) as exc:
+        partial = {pair: {name: ImageScore(**v) for name, v in scores.items()}
+                   for pair, scores in doc.get("partial", {}).items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise click.UsageError(f"--resume: {path} is not a clit-eval results file ({exc})") from None
     differs = [k for k, v in setup.items() if doc.get(k) != v]
     if differs:
         raise click.UsageError(f"--resume: {path} was made with another setup ({', '.join(differs)} differ)")
-    return {(r.dataset, r.scale): r for r in rows}
+    return {(r.dataset, r.scale): r for r in rows}, partial
