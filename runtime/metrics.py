@@ -22,22 +22,25 @@ def _gaussian(size: int = 11, sigma: float = 1.5) -> np.ndarray:
 
 
 def _filter2(img: np.ndarray, taps: np.ndarray, pad: int) -> np.ndarray:
-    """Separable correlation of (H, W, ...) with ``taps`` on both axes, zero padding ``pad``."""
+    """Separable correlation of (H, W, ...) with ``taps`` on both axes, zero padding ``pad``
+    ('valid' output: H + 2 pad - len(taps) + 1 rows): a sum of shifted slices per axis."""
     if pad:
         img = np.pad(img, [(pad, pad), (pad, pad)] + [(0, 0)] * (img.ndim - 2))
-    win = np.lib.stride_tricks.sliding_window_view(img, len(taps), axis=0)
-    img = np.tensordot(win, taps, axes=([-1], [0]))
-    win = np.lib.stride_tricks.sliding_window_view(img, len(taps), axis=1)
-    return np.tensordot(win, taps, axes=([-1], [0]))
+    for axis in (0, 1):
+        n = img.shape[axis] - len(taps) + 1
+        shifted = [img[(slice(None),) * axis + (slice(k, k + n),)] for k in range(len(taps))]
+        out, term = shifted[0] * taps[0], np.empty_like(shifted[0])
+        for t, part in zip(taps[1:], shifted[1:]):
+            out += np.multiply(part, t, out=term)
+        img = out
+    return img
 
 
 def _ssim_map(a: np.ndarray, b: np.ndarray, peak: float, pad: int) -> np.ndarray:
-    g = _gaussian()
     c1, c2 = (0.01 * peak) ** 2, (0.03 * peak) ** 2
-    mu_a, mu_b = _filter2(a, g, pad), _filter2(b, g, pad)
-    var_a = _filter2(a * a, g, pad) - mu_a**2
-    var_b = _filter2(b * b, g, pad) - mu_b**2
-    cov = _filter2(a * b, g, pad) - mu_a * mu_b
+    stats = _filter2(np.stack([a, b, a * a, b * b, a * b], axis=-1), _gaussian(), pad)
+    mu_a, mu_b, aa, bb, ab = np.moveaxis(stats, -1, 0)
+    var_a, var_b, cov = aa - mu_a**2, bb - mu_b**2, ab - mu_a * mu_b
     return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
 
 
