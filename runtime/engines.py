@@ -37,7 +37,6 @@ class Engine(Protocol):
     name: str
     source: Path | None  # the file that identifies the model: manifest or checkpoint
 
-
     def upscale(self, img: np.ndarray, scale=None, size=None) -> np.ndarray: ...
 
 
