@@ -6,7 +6,7 @@ float32, NOT clamped, for a scale or an exact size:
 * ``onnxruntime``: an exported model directory through :class:`~clit.runtime.pipeline.Pipeline`
   (CPU provider; the CUDA provider is used when the installed onnxruntime has it).
 * ``tensorrt``: the same pipeline with TensorRT engines built from the model directory and
-  cached (:mod:`clit.runtime.trt_backend`, imported only when asked for; needs TensorRT and
+  cached (:mod:`clit.runtime.tensorrt.backend`, imported only when asked for; needs TensorRT and
   cuda-python or pycuda).  Images are always tiled so that every input stays inside the
   engines' optimisation profiles.
 * ``torch``: the PyTorch reference model from a checkpoint (``clit.train.engine``, imported
@@ -83,7 +83,7 @@ class TensorRTEngine:
 
     def __init__(self, model_dir: Path, precision: str = "auto", chunk: int = DEFAULT_CHUNK,
                  tile: int | None = None, cache_dir: Path | None = None, limits=None):
-        from .trt_backend import TensorRTRunner
+        from .tensorrt.backend import TensorRTRunner
 
         manifest = load_manifest(model_dir)
         precision = "fp16" if precision == "auto" else precision
@@ -104,7 +104,7 @@ def tensorrt_usable() -> bool:
     try:
         import tensorrt  # noqa: F401
 
-        from .cuda_mem import open_cuda
+        from .tensorrt.cuda_api import open_cuda
 
         open_cuda()
     except Exception:  # ImportError, no driver, no device: all mean "not here"

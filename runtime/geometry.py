@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Tuple  # typing's alias: tuple[...] at module level needs Python 3.9
 
 import numpy as np
 
@@ -29,7 +30,7 @@ STAGE_BASE = 4.0
 CASCADE_DISCOUNT = 0.75
 NORM_MEAN, NORM_STD = 0.5, 0.5  # model input (x - 0.5) / 0.5, output y * 0.5 + 0.5
 
-Size = tuple[int, int]
+Size = Tuple[int, int]
 
 
 def pixel_centres(n: int) -> np.ndarray:

@@ -9,12 +9,13 @@ half-open ``(start, stop)`` per axis, clamped to the axis.
 from __future__ import annotations
 
 import math
+from typing import Tuple  # typing's alias: tuple[...] at module level needs Python 3.9
 
 import numpy as np
 
 from .geometry import nearest_index, pixel_centres, unnormalize
 
-Span = tuple[int, int]
+Span = Tuple[int, int]
 
 
 def grow(span: Span, by: int, n: int) -> Span:

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from clit.runtime.build_cli import main as build_cli
-from clit.runtime.engine_cache import EngineCache, cache_key
 from clit.runtime.engines import make_engine
 from clit.runtime.manifest import load_manifest
 from clit.runtime.onnx_backend import OnnxRuntimeRunner
 from clit.runtime.pipeline import Pipeline
-from clit.runtime.trt_profiles import BuildLimits, input_profiles
+from clit.runtime.tensorrt.build_cli import main as build_cli
+from clit.runtime.tensorrt.engine_cache import EngineCache, cache_key
+from clit.runtime.tensorrt.profiles import BuildLimits, input_profiles
 
 
 @pytest.fixture
@@ -135,7 +135,7 @@ def test_cache_builds_once_then_reuses_and_rebuilds_corrupt(tmp_path):
 def test_cache_lock_two_processes_build_once(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time
-        from clit.runtime.engine_cache import EngineCache
+        from clit.runtime.tensorrt.engine_cache import EngineCache
         def build():
             with open({str(tmp_path / 'builds.log')!r}, 'a') as f:
                 f.write('build\\n')

@@ -1,10 +1,12 @@
+# ruff: noqa: E402  (torch is imported through pytest.importorskip first)
 """Training data: the official cascaded sampling on small real crops, made deterministic."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 from PIL import Image
 from torch.utils.data import DataLoader
 

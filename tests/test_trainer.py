@@ -1,3 +1,4 @@
+# ruff: noqa: E402  (torch is imported through pytest.importorskip first)
 """clit-train: learning on real crops, bit-exact resume, DDP with 2 CPU processes, configs."""
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 import yaml
 from click.testing import CliRunner
 from PIL import Image

@@ -22,11 +22,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+from clit.runtime import require_training_python
 
-from clit.runtime.geometry import (
+require_training_python("clit.train (the PyTorch model)")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from clit.runtime.geometry import (  # noqa: E402
     CASCADE_DISCOUNT,
     NORM_MEAN,
     NORM_STD,
@@ -37,7 +41,7 @@ from clit.runtime.geometry import (
     window_padded_size,
 )
 
-from .encoders import make_encoder
+from .encoders import make_encoder  # noqa: E402
 
 DEFAULT_CHUNK = 30000
 

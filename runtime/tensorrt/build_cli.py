@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
+from ..manifest import ModelDirError, load_manifest
 from .engine_cache import DEFAULT_CACHE_DIR
-from .manifest import ModelDirError, load_manifest
-from .trt_profiles import BuildLimits, input_profiles
+from .profiles import BuildLimits, input_profiles
 
 
 def parse_lr(text: str) -> int:
@@ -54,7 +54,7 @@ def main(model_dir, precision, max_lr, max_queries, max_image, workspace, cache_
                    for g in manifest.graphs}
             click.echo(json.dumps(doc, indent=1))
             return
-        from .trt_backend import TensorRTRunner, save_limits
+        from .backend import TensorRTRunner, save_limits
 
         runner = TensorRTRunner(manifest, precision=precision, limits=limits, cache_dir=cache_dir,
                                 workspace=workspace << 20)

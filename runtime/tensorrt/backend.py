@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write
-from .cuda_mem import open_cuda
+from ..atomic import atomic_write
+from ..manifest import MANIFEST, GraphEntry, Manifest, ModelDirError, sha256_file
+from .cuda_api import open_cuda
 from .engine_cache import EngineCache
-from .manifest import MANIFEST, GraphEntry, Manifest, ModelDirError, sha256_file
-from .trt_profiles import BuildLimits, input_profiles
+from .profiles import BuildLimits, input_profiles
 
 DEFAULT_WORKSPACE = 1 << 30
 

@@ -15,11 +15,12 @@ Branch k (0-based) reads a grid at most ``4**k`` times the LR per side (stage ba
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Tuple  # typing's alias: tuple[...] at module level needs Python 3.9
 
-from .geometry import STAGE_BASE, window_padded_size
-from .manifest import GraphEntry, Manifest, ModelDirError
+from ..geometry import STAGE_BASE, window_padded_size
+from ..manifest import GraphEntry, Manifest, ModelDirError
 
-Range = tuple[int, int, int]  # (min, opt, max) of one dimension
+Range = Tuple[int, int, int]  # (min, opt, max) of one dimension
 
 
 @dataclass(frozen=True)
