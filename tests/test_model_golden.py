@@ -1,10 +1,11 @@
-"""Parity with the official CLIT implementation on ../shared/golden (random-weight models)."""
+"""Parity with the official CLIT implementation on ../shared/golden/strong (random-weight models
+with amplified decoders, SwinIR included) and on the first set, ../shared/golden."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import golden_cases, golden_index, scale_key
+from conftest import GOLDEN, GOLDEN_WEAK, golden_cases, golden_index, scale_key
 from PIL import Image
 
 torch = pytest.importorskip("torch")
@@ -18,14 +19,19 @@ def models():
     return {}
 
 
+CASES = [pytest.param(root, name, s, id=f"{root.name}-{name}-{s}")
+         for root in (GOLDEN, GOLDEN_WEAK) for name, info in golden_index(root).items() for s in info["scales"]]
+CASES = CASES or golden_cases()  # one skipped case when ../shared is absent
+
+
 @pytest.mark.parametrize("chunk", [30000, 997])
-@pytest.mark.parametrize("name, scale", golden_cases())
-def test_golden_outputs(golden_dir, models, name, scale, chunk):
-    if name not in models:
-        models[name] = load_model(golden_dir / f"{name}.pth")
-    model = models[name]
-    ref = np.load(golden_dir / f"{name}.npz")
-    lr_png = np.asarray(Image.open(golden_dir / f"{name}_lr.png").convert("RGB"), dtype=np.float32) / 255
+@pytest.mark.parametrize("root, name, scale", CASES)
+def test_golden_outputs(golden_dir, models, root, name, scale, chunk):
+    if (root, name) not in models:
+        models[(root, name)] = load_model(root / f"{name}.pth")
+    model = models[(root, name)]
+    ref = np.load(root / f"{name}.npz")
+    lr_png = np.asarray(Image.open(root / f"{name}_lr.png").convert("RGB"), dtype=np.float32) / 255
     np.testing.assert_array_equal(lr_png.transpose(2, 0, 1)[None], ref["lr"])
 
     key = scale_key(scale)
