@@ -19,8 +19,9 @@ in and the same graph serves every size.
   (1,N,3)``.  The batch is 1 (one image at a time); N is dynamic.
 
 Precision: the coordinate math, relative positions, sinusoidal encoding (arguments reach
-thousands of radians) and the softmax live in the submodules named in :data:`FP32_SCOPES`;
-their ONNX node names start with ``/<scope>/``, which is how the FP16 variants keep them FP32.
+thousands of radians), the logits and the softmax must stay FP32 in FP16 builds; which nodes
+those are is decided by dataflow from the coordinate inputs (:mod:`clit.runtime.fp32_region`),
+not by the module names below.
 """
 
 from __future__ import annotations
@@ -32,8 +33,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from clit.train.model import CLIT
-
-FP32_SCOPES = ("axis", "neighbours", "bias", "softmax")
 
 
 def _dim(t: torch.Tensor, i: int) -> torch.Tensor:
@@ -55,7 +54,7 @@ def _gather(fmap: torch.Tensor, iy: torch.Tensor, ix: torch.Tensor) -> torch.Ten
 
 
 class BilinearAxis(nn.Module):
-    """FP32 scope: grid_sample bilinear (align_corners=False) along one axis -> lower and
+    """grid_sample bilinear (align_corners=False) along one axis -> lower and
     upper pixel index (int32), their weights, and whether each index is inside the axis."""
 
     def forward(self, coord: torch.Tensor, n: torch.Tensor):
@@ -90,7 +89,7 @@ class Bilinear(nn.Module):
 
 
 class AxisNeighbours(nn.Module):
-    """FP32 scope, per axis: the nearest pixel (exactly as grid_sample 'nearest', see
+    """Per axis: the nearest pixel (exactly as grid_sample 'nearest', see
     ``geometry.unnormalize``), its 2r+1 neighbours, which exist, and the relative positions
     ``(c - neighbour_centre) * n`` computed with the official float32 operations."""
 
@@ -108,7 +107,7 @@ class AxisNeighbours(nn.Module):
 
 
 class RelativeBias(nn.Module):
-    """FP32 scope: the model's sinusoidal bias for rel = (rel_y, rel_x) given per axis as
+    """The model's sinusoidal bias for rel = (rel_y, rel_x) given per axis as
     (N, s) each -> (N, s, s, heads).
 
     Every frequency row of ``b_vals`` is (b, 0) or (0, b), so each phase is rel_y * b or
@@ -146,7 +145,7 @@ class RelativeBias(nn.Module):
 
 
 class AttentionSoftmax(nn.Module):
-    """FP32 scope: softmax over the neighbours of q.k / sqrt(d) + bias."""
+    """Softmax over the neighbours of q.k / sqrt(d) + bias."""
 
     def __init__(self, head_dim: int):
         super().__init__()

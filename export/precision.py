@@ -1,45 +1,71 @@
-"""FP16 variants of exported graphs, with the precision-critical layers kept in FP32.
+"""FP16 variants of exported graphs, with the coordinate path kept in FP32.
 
-* TensorRT 8.5-10: build the FP32 graph with ``BuilderFlag.FP16`` and pin the layers listed
-  by :func:`fp32_nodes` to FP32 (precision constraints); the manifest records the list.
+Which nodes stay FP32 is decided by dataflow (:mod:`clit.runtime.fp32_region`: the tensors
+computed from the coordinate inputs, and those feeding index math or the attention softmax),
+not by names, so a node is never missed because of how it is called.
+
+* TensorRT 8.5-10: the FP32 graph with ``BuilderFlag.FP16``; the runtime pins the same region
+  on the TensorRT network itself (:mod:`clit.runtime.tensorrt.precision`).  The manifest lists
+  the region's ONNX nodes as ``fp32_layers`` (documentation, trtexec, INT8 exclusions).
 * TensorRT 11 (strongly typed networks, no FP16 builder flag) and ONNX Runtime: the
   explicitly mixed-precision graph (``*.fp16.onnx``) from :func:`to_mixed_fp16`.
 
 The rewrite is done here rather than with onnxconverter-common, whose 1.16 converter emits
 invalid graphs for these models (tensors that are both a graph output and an internal
-input; retyped Cast nodes).  It is deliberately simple: every node is FP32 (pinned) or
-FP16; float tensors crossing between the two get a Cast; graph inputs and outputs stay FP32.
+input; retyped Cast nodes).  It is deliberately simple: every node is FP32 or FP16; float
+tensors crossing between the two get a Cast; graph inputs and outputs stay FP32; a constant
+is FP16 only when every node reading it is.
 """
 
 from __future__ import annotations
-
-import re
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .graphs import FP32_SCOPES
+from clit.runtime.fp32_region import CAST, CONSTANT, OTHER, SHAPE, SOFTMAX, Op, Region, fp32_region
 
-_SCOPE = re.compile(rf"^({'|'.join(FP32_SCOPES)})(_\d+)?$")
 FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
+_FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
 _NO_INPUT_CAST = {"Shape", "Cast"}  # these read any type; casting their input would only lose bits
+_KINDS = {"Constant": CONSTANT, "Shape": SHAPE, "Size": SHAPE, "Softmax": SOFTMAX, "Cast": CAST}
 
 
-def fp32_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of the nodes that must stay FP32: those inside an FP32 scope of graphs.py."""
-    return [n.name for n in model.graph.node if any(_SCOPE.match(seg) for seg in n.name.split("/")[1:-1])]
-
-
-def _float_tensors(model: onnx.ModelProto) -> set[str]:
-    inferred = onnx.shape_inference.infer_shapes(model)
-    g = inferred.graph
-    names = {v.name for v in list(g.value_info) + list(g.input) + list(g.output) if v.type.tensor_type.elem_type == FLOAT}
-    names |= {i.name for i in g.initializer if i.data_type == FLOAT}
+def _types(model: onnx.ModelProto) -> dict:
+    """tensor name -> ONNX element type (shape inference, initializers, Constant values)."""
+    g = onnx.shape_inference.infer_shapes(model).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in list(g.value_info) + list(g.input) + list(g.output)}
+    types.update({i.name: i.data_type for i in g.initializer})
     for node in g.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].t.data_type == FLOAT:
-            names.add(node.output[0])
-    return names
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].type == onnx.AttributeProto.TENSOR:
+            types[node.output[0]] = node.attribute[0].t.data_type
+    return types
+
+
+def graph_ops(model: onnx.ModelProto) -> list:
+    """The nodes of ``model`` as :class:`~clit.runtime.fp32_region.Op` records."""
+    types = _types(model)
+
+    def is_float(t: str) -> bool:
+        return types.get(t) in _FLOAT_TYPES
+
+    return [Op(n.name, _KINDS.get(n.op_type, OTHER), tuple(n.input), tuple(n.output),
+               tuple(is_float(t) for t in n.output), tuple(is_float(t) for t in n.input)) for n in model.graph.node]
+
+
+def region(model: onnx.ModelProto) -> Region:
+    """The FP32 region of an exported graph (see :mod:`clit.runtime.fp32_region`)."""
+    for node in model.graph.node:
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            raise ValueError(f"node {node.name} ({node.op_type}) has a subgraph: the FP16 rewrite handles flat "
+                             "graphs only (export without control flow)")
+    return fp32_region(graph_ops(model), [i.name for i in model.graph.input], [i.name for i in model.graph.initializer])
+
+
+def fp32_nodes(model: onnx.ModelProto) -> list:
+    """Names of the nodes that must stay FP32, in graph order."""
+    keep = region(model).ops
+    return [n.name for n in model.graph.node if n.name in keep]
 
 
 def _half_attr(node: onnx.NodeProto) -> None:
@@ -51,16 +77,24 @@ def _half_attr(node: onnx.NodeProto) -> None:
             attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float16), attr.t.name))
 
 
-def to_mixed_fp16(model: onnx.ModelProto, keep_fp32: set[str] | None = None) -> onnx.ModelProto:
+def to_mixed_fp16(model: onnx.ModelProto, keep_fp32: set | None = None) -> onnx.ModelProto:
     """FP16 copy of ``model`` with the nodes in ``keep_fp32`` (default: :func:`fp32_nodes`)
     left in FP32; FP32 graph inputs and outputs."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     keep = set(fp32_nodes(model) if keep_fp32 is None else keep_fp32)
-    floats = _float_tensors(model)
+    types = _types(model)
+    floats = {t for t, ty in types.items() if ty == FLOAT}
     g = model.graph
     region = {n.name: (FLOAT if n.name in keep else HALF) for n in g.node}
+    readers: dict = {}
+    for node in g.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node.name)
+    for node in g.node:  # a Constant node is FP16 only when every reader is
+        if node.op_type == "Constant":
+            region[node.name] = HALF if all(region[r] == HALF for r in readers.get(node.output[0], [])) else FLOAT
 
-    consumers: dict[str, set[int]] = {}
+    consumers: dict = {}
     for node in g.node:
         for name in node.input:
             consumers.setdefault(name, set()).add(region[node.name])

@@ -75,7 +75,7 @@ def shifted_window_mask(h: int, w: int, ws: int, shift: int) -> torch.Tensor:
     any (dynamic) h and w; the values are the official ones (region label 3 * row band +
     column band)."""
     region = _region_labels(h, ws, shift)[:, None] * 3 + _region_labels(w, ws, shift)[None, :]
-    win = window_partition(region[None, :, :, None], ws).squeeze(-1)
+    win = window_partition(region[None, :, :, None], ws)[..., 0]  # not squeeze: an ONNX If when traced
     diff = win.unsqueeze(1) - win.unsqueeze(2)
     return torch.where(diff != 0, torch.tensor(-100.0), torch.tensor(0.0))
 
