@@ -101,10 +101,29 @@ def quantize_graph(src: Path, dst: Path, feeds: list[dict], method: str, exclude
             str(src), str(dst), Reader(), quant_format=q.QuantFormat.QDQ, op_types_to_quantize=QUANTIZED_OPS,
             per_channel=True, activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
             nodes_to_exclude=exclude, calibrate_method=getattr(q.CalibrationMethod, METHODS[method]),
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True}, calibration_cache_path=str(cache),
+            # QuantizeBias False: ORT's default INT32 bias DequantizeLinear cannot be built by any TensorRT
+            # (IDequantizeLayer takes INT8 only on 8.5; INT8/FP8/INT4 on 10-11); TensorRT fuses float biases
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+            calibration_cache_path=str(cache),
         )
     finally:
         logging.getLogger().removeFilter(hint)
+
+
+def check_tensorrt_clean(src: Path, dst: Path) -> None:
+    """Refuse a quantised graph with TensorRT audit findings (any target) that its FP32 graph has
+    not (:mod:`clit.export.audit`): quantisation must not add anything TensorRT cannot build."""
+    from clit.export.audit import TARGETS, audit_file
+
+    def keyed(path, target):
+        return {(f.op, f.problem.replace(path.name, "")) for f in audit_file(path, target)}
+
+    for target in TARGETS:
+        new = keyed(dst, target) - keyed(src, target)
+        if new:
+            op, problem = sorted(new)[0]
+            raise RuntimeError(f"{dst.name}: quantisation made {len(new)} node(s) TensorRT {target} cannot build, "
+                               f"e.g. {op}: {problem}")
 
 
 class _DropHint(logging.Filter):
@@ -139,6 +158,7 @@ def calibrate(model_dir: Path, out: Path, folder: Path, scales=(2.0, 4.0, 8.0), 
                 raise RuntimeError(f"{g['file']} never ran on the calibration images (add scales that use it)")
             log(f"quantising {g['file']} ({len(feeds[g['file']])} calibration inputs, {method})")
             quantize_graph(src, dst, feeds[g["file"]], method, exclude, cache_root / f"{src.stem}.json")
+            check_tensorrt_clean(src, dst)
             g.setdefault("variants", {})["int8"] = {"file": dst.name,
                                                     "sha256": sha256_file(dst)}
             excluded[g["file"]] = len(exclude)

@@ -163,6 +163,48 @@ def test_audit_flags_planted_gridsample_and_passes_our_graphs(golden_dir, tmp_pa
             assert audit_model(graph_model, target) == [], (g["file"], target)
 
 
+def test_audit_checks_outputs_restrictions_and_data_dependent_shapes():
+    """Planted graphs: a Cast whose *output* type TensorRT lacks (the first input is fine), the
+    matrix's restrictions (computed Unsqueeze axes, a non-zero Q/DQ zero point, MaxPool's
+    Indices used), a data-dependent output shape (NonZero) and a Reshape whose shape comes from
+    tensor values; an unchecked restriction is a note, not a finding."""
+    from onnx import TensorProto, helper
+
+    def model(nodes, inits=(), outs=("y",), out_type=TensorProto.FLOAT):
+        graph = helper.make_graph(nodes, "planted", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                                  [helper.make_tensor_value_info(o, out_type, None) for o in outs], list(inits))
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    def problems(m, target="8.5", notes=False):
+        return [(f.op, f.note) for f in audit_model(m, target, notes=notes)]
+
+    cast = model([helper.make_node("Cast", ["x"], ["y"], to=TensorProto.DOUBLE, name="c")], out_type=TensorProto.DOUBLE)
+    assert problems(cast) == [("Cast", False)]
+    axes = model([helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Slice", ["s", "z", "o"], ["a"]),
+                  helper.make_node("Unsqueeze", ["x", "a"], ["y"])],
+                 [helper.make_tensor("z", TensorProto.INT64, [1], [0]), helper.make_tensor("o", TensorProto.INT64, [1], [1])])
+    assert ("Unsqueeze", False) in problems(axes)
+    q = model([helper.make_node("QuantizeLinear", ["x", "sc", "zp"], ["q"]),
+               helper.make_node("DequantizeLinear", ["q", "sc", "zp"], ["y"])],
+              [helper.make_tensor("sc", TensorProto.FLOAT, [], [0.1]), helper.make_tensor("zp", TensorProto.INT8, [], [3])])
+    assert problems(q) == [("QuantizeLinear", False), ("DequantizeLinear", False)]
+    nz = model([helper.make_node("NonZero", ["x"], ["y"])], out_type=TensorProto.INT64)
+    assert ("NonZero", False) in problems(nz, "10")
+    values = model([helper.make_node("ReduceMax", ["x"], ["m"], keepdims=0),
+                    helper.make_node("Cast", ["m"], ["n"], to=TensorProto.INT64),
+                    helper.make_node("Unsqueeze", ["n", "zero"], ["shape"]),
+                    helper.make_node("Reshape", ["x", "shape"], ["y"])],
+                   [helper.make_tensor("zero", TensorProto.INT64, [1], [0])])
+    assert ("Reshape", False) in problems(values, "10")
+    pool = helper.make_graph([helper.make_node("MaxPool", ["x"], ["y", "i"], kernel_shape=[2, 2])], "p",
+                             [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+                             [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+                              helper.make_tensor_value_info("i", TensorProto.INT64, None)])
+    assert ("MaxPool", False) in problems(helper.make_model(pool, opset_imports=[helper.make_opsetid("", 17)]))
+    rnd = model([helper.make_node("RandomNormalLike", ["x"], ["r"], seed=1.0), helper.make_node("Add", ["x", "r"], ["y"])])
+    assert problems(rnd) == [] and problems(rnd, notes=True) == [("RandomNormalLike", True)]
+
+
 def test_graph_interfaces_are_dynamic(golden_dir):
     model = load_model(golden_dir / "edsr_clit3_small.pth")
     specs = {(s.kind, s.branch): s for s in graph_specs(model)}
@@ -283,16 +325,16 @@ def test_fp16_variant_is_mixed_precision(golden_dir, tmp_path, rng):
             if node.op_type in ("Sin", "Cos", "Softmax", "Round"):
                 assert types[node.input[0]] == TensorProto.FLOAT, node.name  # pinned layers read FP32
     manifest = Manifest(tmp_path, {"format_version": FORMAT_VERSION, "n_branches": 2, "radius": 3, "graphs": entries})
-    runner = OnnxRuntimeRunner(manifest)
     img = rng.random((12, 15, 3), dtype=np.float32)
-    full = Pipeline(manifest, runner).upscale(img, scale=6)
-    half = Pipeline(manifest, runner, precision="fp16").upscale(img, scale=6)
-    assert half.shape == full.shape and not np.array_equal(half, full)  # it really is another computation
+    full = Pipeline(manifest, OnnxRuntimeRunner(manifest)).upscale(img, scale=6)
+    from clit.export.fp16_check import ReferenceRunner  # float16 arithmetic (ONNX Runtime's CPU would not round)
     from clit.runtime.metrics import psnr
 
+    half = Pipeline(manifest, ReferenceRunner(manifest), precision="fp16").upscale(img, scale=6)
+    assert half.shape == full.shape and not np.array_equal(half, full)  # it really is another computation
     assert psnr(np.clip(half, 0, 1), np.clip(full, 0, 1)) >= 45
     with pytest.raises(ModelDirError, match="no int8 variant"):
-        Pipeline(manifest, runner, precision="int8")
+        Pipeline(manifest, OnnxRuntimeRunner(manifest), precision="int8")
 
 
 def test_swinir_exports_dynamic_and_tensorrt_clean(tmp_path, rng):

@@ -110,10 +110,17 @@ def test_int8_calibration(exported, data_dir, tmp_path):
     assert res.exit_code == 0, res.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert "int8" in manifest["precisions"] and manifest["int8"]["method"] == "minmax"
+    from clit.export.audit import TARGETS, audit_model
+
     for g in manifest["graphs"]:
         q = onnx.load(str(out / g["variants"]["int8"]["file"]))
         ops = [n.op_type for n in q.graph.node]
         assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > 0, g["file"]
+        for target in TARGETS:  # e.g. no INT32 bias DequantizeLinear, which no TensorRT can build
+            assert audit_model(q, target) == [], (g["file"], target)
+        init_types = {i.name: i.data_type for i in q.graph.initializer}
+        dq_inputs = [n.input[0] for n in q.graph.node if n.op_type == "DequantizeLinear"]
+        assert all(init_types.get(t, onnx.TensorProto.INT8) == onnx.TensorProto.INT8 for t in dq_inputs)
         if g["kind"] == "decoder":  # the output layer stays in float: no dequantized weight feeds it
             made_by = {o: n.op_type for n in q.graph.node for o in n.output}
             last = [n for n in q.graph.node if n.op_type in ("MatMul", "Gemm")][-1]
