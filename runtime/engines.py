@@ -79,20 +79,28 @@ class OnnxEngine:
 
 
 class TensorRTEngine:
-    """TensorRT over a model directory (engines cached under ``cache_dir``)."""
+    """TensorRT over a model directory (engines cached under ``cache_dir``).
+
+    The engines' profiles bound the tile and the chunk: the limits given, else those of the
+    last ``clit-build``, else the largest whose estimated working memory fits the GPU's free
+    memory (on a Jetson, whose GPU shares the system RAM: the process's memory budget,
+    ``memory_limit``)."""
 
     def __init__(self, model_dir: Path, precision: str = "auto", chunk: int = DEFAULT_CHUNK,
-                 tile: int | None = None, cache_dir: Path | None = None, limits=None):
+                 tile: int | None = None, cache_dir: Path | None = None, limits=None,
+                 memory_limit: int | None = None, log=None):
         from .tensorrt.backend import TensorRTRunner
 
         manifest = load_manifest(model_dir)
         precision = "fp16" if precision == "auto" else precision
-        self.runner = TensorRTRunner(manifest, precision=precision, limits=limits, cache_dir=cache_dir)
-        limits = self.runner.limits  # given, else those of the last clit-build, else defaults
-        self.pipeline = Pipeline(manifest, self.runner, precision="fp16" if self.runner.strong else "fp32")
+        self.runner = TensorRTRunner(manifest, precision=precision, limits=limits, cache_dir=cache_dir, log=log,
+                                     memory_limit=memory_limit)
+        limits = self.runner.limits
+        self.pipeline = Pipeline(manifest, self.runner)
         self.chunk = min(chunk, limits.max_queries)
         self.tile = min(tile or limits.tile, limits.tile)
-        self.name = f"tensorrt-{self.runner.trt.__version__} {precision} ({self.runner.gpu})"
+        done = "/".join(sorted(self.runner.precisions))
+        self.name = f"tensorrt-{self.runner.trt.__version__} {done} ({self.runner.gpu})"
         self.source = manifest.root / MANIFEST
 
     def upscale(self, img, scale=None, size=None):
@@ -106,7 +114,7 @@ def tensorrt_usable() -> bool:
 
         from .tensorrt.cuda_api import open_cuda
 
-        open_cuda()
+        open_cuda()  # the process's one handle: the runner reuses it (no second context)
     except Exception:  # ImportError, no driver, no device: all mean "not here"
         return False
     return True

@@ -128,3 +128,41 @@ def choose(manifest: Manifest, plan: CascadePlan, budget: int, chunk: int | None
     tile = next((t for t in TILE_CHOICES if t < side and fast_tile(plan, t) and tile_bytes(manifest, plan, t) <= room),
                 TILE_CHOICES[-1])
     return tile, chunk
+
+
+def tensorrt_bytes(manifest: Manifest, limits) -> int:
+    """Estimated working memory of a model's TensorRT engines built for ``limits``
+    (:class:`~clit.runtime.tensorrt.profiles.BuildLimits`): TensorRT sizes each execution
+    context for its profile's largest shapes, so every graph is counted at its maximum: the
+    encoder's working set on the largest LR window, each branch graph's on its largest grid
+    window, each decoder's arena for the largest chunk plus its q/k/v window inputs.  The same
+    constants as the ONNX Runtime plan (calibrated there, not on a GPU: an estimate)."""
+    from .tensorrt.profiles import encoder_window, grid_window
+
+    c = int(manifest.data["base_dim"])
+    total = ENCODER_CHANNELS * 4 * encoder_window(manifest, limits) ** 2
+    for g in manifest.graphs:
+        side = grid_window(manifest, limits, g.branch)
+        if g.kind == "branch":
+            total += MAP_TENSORS * c * 4 * side * side
+        elif g.kind == "decoder":
+            total += decoder_bytes(manifest, limits.max_queries) + 3 * c * 4 * side * side
+    return total
+
+
+def fitting_limits(manifest: Manifest, budget: int):
+    """The largest build limits (tile, then chunk) whose :func:`tensorrt_bytes` fits ``budget``
+    (the default limits of the TensorRT engines, sized to the GPU's free memory, or on boards
+    whose GPU shares the system RAM to the process's budget).  Encoders that run on the whole
+    image (halo 0: SwinIR) are bounded by the largest LR side, so that is lowered first."""
+    from .tensorrt.profiles import BuildLimits
+
+    sides = (4096, 2048, 1024, 512, 256) if manifest.encoder_halo == 0 else (4096,)
+    for side in sides:
+        for tile in (512, 384, 256, 192, 128, 96, 64, 32):
+            for queries in (32768, 16384, 8192, 4096, 2048):
+                limits = BuildLimits(tile=min(tile, side), max_queries=queries, max_image=side,
+                                     opt_tile=min(256, tile, side), opt_queries=min(8192, queries))
+                if tensorrt_bytes(manifest, limits) <= budget:
+                    return limits
+    return BuildLimits(tile=32, max_queries=2048, max_image=sides[-1], opt_tile=32, opt_queries=2048)

@@ -1,46 +1,63 @@
 """TensorRT backend: engines built from a model directory, cached, run on one CUDA stream.
 
-Written against the TensorRT Python API documented for 8.5 (JetPack 5), 8.6, 10.x and 11.x,
-using only calls all of them have on the run path (``set_input_shape``,
-``set_tensor_address``, ``execute_async_v3``).  Building differs by version:
+Written against the TensorRT Python API of 8.5 (JetPack 5), 8.6 (JetPack 6.0), 10.x (JetPack
+6.1/6.2) and 11.x, read in NVIDIA/TensorRT's bindings and headers per release.  The run path
+is the same on all of them (``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``:
+added in 8.5; the binding API they replace is gone from 10.0).  What a build does depends on
+the version (:func:`build_recipe`):
 
-* FP16 on 8.5-10.x: the FP32 graph with ``BuilderFlag.FP16`` and
-  ``OBEY_PRECISION_CONSTRAINTS``, the manifest's ``fp32_layers`` (coordinate math,
-  positional encoding, softmax) pinned to FP32;
-* FP16 on 11.x (weak typing removed): the explicitly mixed-precision ``*.fp16.onnx`` variant
-  as a strongly typed network;
-* FP32: the FP32 graph, no precision flags.
+=========  ===========================================  ==========================================
+precision  TensorRT 8.5 / 8.6                           TensorRT 10.x / 11.x
+=========  ===========================================  ==========================================
+fp32       the FP32 graph                               the FP32 graph
+fp16       the FP32 graph, ``FP16`` +                   the mixed-precision ``*.fp16.onnx`` as a
+           ``OBEY_PRECISION_CONSTRAINTS``, the FP32     strongly typed network (10: the
+           region pinned on the network                 ``STRONGLY_TYPED`` flag; 11: always)
+           (:mod:`.precision`)
+int8       the Q/DQ ``*.int8.onnx``, ``INT8`` flag      the Q/DQ ``*.int8.onnx``, strongly typed
+=========  ===========================================  ==========================================
 
-Not run on this project's machines (no GPU, TensorRT not installable): the profile
-computation (:mod:`clit.runtime.trt_profiles`) and the cache
-(:mod:`clit.runtime.engine_cache`) are tested here, this module only on a GPU machine
-(``pytest -m trt``).
+INT8 on 8.5/8.6 sets no FP16 flag: the layers left unquantised (coordinate path, softmax, the
+decoders' output layer) run in FP32 there, as trtexec warns; on 10+ they run as the Q/DQ graph
+types them (FP32).  TF32 is cleared in every build (TensorRT enables it by default, "Enabled by default",
+NvInfer.h ``BuilderFlag::kTF32``): FP32 parity needs real FP32, and so does the FP32 region of
+the FP16 engines.  TensorRT 11 removed weak typing (no ``FP16``/``INT8``/precision-constraint
+flags, no ``ILayer.precision``): a model directory without an FP16 variant runs FP32 there,
+with a one-line notice; on 10.x it falls back to the weakly typed 8.x recipe.
+
+Not run on this project's machines (no GPU, TensorRT not installable): see README, "What is
+verified where", and ``pytest -m trt`` for the tests that run on a GPU machine.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..atomic import atomic_write
+from ..fp32_region import RULE_VERSION
 from ..manifest import MANIFEST, GraphEntry, Manifest, ModelDirError, sha256_file
-from .cuda_api import open_cuda
-from .engine_cache import EngineCache
-from .profiles import BuildLimits, input_profiles
+from ..memory_plan import BUDGET_FRACTION, fitting_limits, memory_budget, tensorrt_bytes
+from .cuda_api import FALLBACK_REASONS, open_cuda
+from .engine_cache import EngineCache, file_lock
+from .precision import pin_fp32
+from .profiles import BuildLimits, input_profiles, outside_profile
 
 DEFAULT_WORKSPACE = 1 << 30
+ENGINE_FORMAT = 2  # bump when what a build does changes (recipes, pinning): older cached engines are rebuilt
 
 
 def _trt():
     try:
         import tensorrt as trt
     except ImportError:
-        raise RuntimeError("the tensorrt backend needs TensorRT's Python package (JetPack ships it; on a "
-                           "desktop: NVIDIA's tensorrt wheels)") from None
+        raise RuntimeError("the tensorrt backend needs TensorRT's Python package (JetPack ships it: use a venv "
+                           "with --system-site-packages; on a desktop: pip install tensorrt-cu12)") from None
     return trt
 
 
@@ -48,46 +65,113 @@ def trt_major(trt) -> int:
     return int(str(trt.__version__).split(".")[0])
 
 
-def strongly_typed(trt, precision: str) -> bool:
-    """FP16 engines are strongly typed (the mixed-precision graph) from TensorRT 11 on."""
-    return precision == "fp16" and trt_major(trt) >= 11
+def stderr_logger(trt, log):
+    """A TensorRT logger that sends warnings and errors through ``log`` (stderr): ``trt.Logger``
+    writes to stdout (pyCore.cpp, DefaultLogger), where clit-build prints its results."""
+
+    class _Logger(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+
+        def log(self, severity, msg):
+            if int(severity) <= int(trt.ILogger.WARNING):
+                log(f"TensorRT: {msg}")
+
+    return _Logger()
 
 
-def graph_file(graph: GraphEntry, precision: str, strong: bool) -> str:
-    """The ONNX file a build reads: the FP16 variant only for strongly typed FP16 builds."""
-    return graph.file_for("fp16") if strong else graph.file
+@dataclass(frozen=True)
+class BuildRecipe:
+    """How one graph is built: the ONNX file parsed, the network's typing, the builder flags."""
+
+    precision: str  # what the engine computes: fp32, fp16 or int8
+    file: str
+    sha256: str
+    strongly_typed: bool
+    builder_flags: tuple  # BuilderFlag names to set (TF32 is always cleared)
+    pin_fp32: bool  # weakly typed FP16: pin the FP32 region on the network
+    notice: str | None = None  # why the recipe differs from what was asked
 
 
-def build_serialized(trt, onnx_path: Path, profiles: dict, precision: str, fp32_layers: list[str], strong: bool,
-                     workspace: int, timing_cache: Path | None, log=print) -> bytes:
+def build_recipe(major: int, graph: GraphEntry, precision: str) -> BuildRecipe:
+    """The recipe for ``graph`` at ``precision`` on TensorRT ``major`` (see module docstring)."""
+    if precision not in ("fp32", "fp16", "int8"):
+        raise ValueError(f"unknown precision {precision!r} for TensorRT (fp32, fp16 or int8)")
+    variants = graph.variants
+    if precision == "int8":
+        if "int8" not in variants:
+            raise ModelDirError(f"{graph.file} has no int8 variant: make an INT8 model directory with "
+                                "clit-calibrate MODEL_DIR -o MODEL_INT8 --data IMAGES")
+        v = variants["int8"]
+        return BuildRecipe("int8", v["file"], v["sha256"], major >= 10, () if major >= 10 else ("INT8",), False)
+    if precision == "fp16":
+        if "fp16" in variants and major >= 10:
+            v = variants["fp16"]
+            return BuildRecipe("fp16", v["file"], v["sha256"], True, (), False)
+        if major < 11:
+            return BuildRecipe("fp16", graph.file, graph.sha256, False, ("FP16", "OBEY_PRECISION_CONSTRAINTS"), True)
+        return BuildRecipe("fp32", graph.file, graph.sha256, False, (), False,
+                           notice=f"{graph.file}: no fp16 variant (TensorRT 11 builds FP16 only from the mixed-precision "
+                                  "graph; re-export with clit-export --precision fp32,fp16): running it in FP32")
+    return BuildRecipe("fp32", graph.file, graph.sha256, False, (), False)
+
+
+def network_flags(trt, major: int, strongly_typed: bool) -> int:
+    """``create_network`` flags: EXPLICIT_BATCH on 8.x (required by the ONNX parser, ignored in 10,
+    removed in 11); STRONGLY_TYPED on 10.x (11: always strongly typed, the flag is ignored)."""
+    if major < 10:
+        return 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    if major < 11 and strongly_typed:
+        return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    return 0
+
+
+def _timing_cache(trt, config, path: Path | None, log):
+    """Attach the timing cache at ``path`` (a new one when absent, unreadable or made on another
+    device: ``set_timing_cache`` returns False on a device mismatch); None if none works."""
+    if path is None:
+        return None
+    blob = path.read_bytes() if path.is_file() else b""
+    for data in ((blob, b"") if blob else (b"",)):
+        try:
+            cache = config.create_timing_cache(data)
+        except Exception as exc:  # corrupt data: TensorRT logs it and may raise
+            log(f"timing cache {path.name}: unreadable ({exc}); starting a new one")
+            continue
+        if cache is not None and config.set_timing_cache(cache, False):
+            return cache
+        if data:
+            log(f"timing cache {path.name}: unusable here (corrupt or from another device); starting a new one")
+    log(f"timing cache {path.name}: could not be created; building without one")
+    return None
+
+
+def build_serialized(trt, onnx_path: Path, profiles: dict, recipe: BuildRecipe, workspace: int,
+                     timing_cache: Path | None, log=print, logger=None) -> bytes:
     """Parse ``onnx_path`` and build a serialized engine with one optimisation profile."""
-    logger = trt.Logger(trt.Logger.WARNING)
+    major = trt_major(trt)
+    logger = logger or stderr_logger(trt, log)
     builder = trt.Builder(logger)
-    flags = 0
-    if trt_major(trt) < 10:
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    if strong:
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
+    network = builder.create_network(network_flags(trt, major, recipe.strongly_typed))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_path.read_bytes(), str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"{onnx_path.name}: TensorRT cannot parse it: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
-    if precision == "fp16" and not strong:
-        config.set_flag(trt.BuilderFlag.FP16)
-        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        pinned = _pin_fp32(trt, network, set(fp32_layers))
-        log(f"{onnx_path.name}: {pinned} layers pinned to FP32")
+    if hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)
+    for name in recipe.builder_flags:
+        config.set_flag(getattr(trt.BuilderFlag, name))
+    if recipe.pin_fp32:
+        pinning = pin_fp32(trt, network)
+        log(f"{onnx_path.name}: {len(pinning.layers)} of {network.num_layers} layers pinned to FP32 "
+            "(coordinate path, by dataflow)")
     profile = builder.create_optimization_profile()
     for name, (lo, opt, hi) in profiles.items():
         profile.set_shape(name, lo, opt, hi)
     config.add_optimization_profile(profile)
-    cache = None
-    if timing_cache is not None:
-        cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
-        config.set_timing_cache(cache, False)
+    cache = _timing_cache(trt, config, timing_cache, log)
     data = builder.build_serialized_network(network, config)
     if data is None:
         raise RuntimeError(f"{onnx_path.name}: TensorRT failed to build an engine (see its log above)")
@@ -97,81 +181,118 @@ def build_serialized(trt, onnx_path: Path, profiles: dict, precision: str, fp32_
     return bytes(data)
 
 
-def _pin_fp32(trt, network, names: set[str]) -> int:
-    """Set FP32 precision and FP32 float outputs on the layers made from ``names`` nodes."""
-    count = 0
-    floats = (trt.float32, trt.float16)
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        if layer.name not in names:
-            continue
-        layer.precision = trt.float32
-        for j in range(layer.num_outputs):
-            if layer.get_output(j).dtype in floats:
-                layer.set_output_type(j, trt.float32)
-        count += 1
-    return count
+def timing_cache_name(trt_version: str, gpu: str, capability: str) -> str:
+    """One timing cache per TensorRT version and device (TensorRT rejects another device's)."""
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", f"{trt_version}-{gpu}-sm{capability}").strip("-")
+    return f"timing-{slug}.cache"
+
+
+def device_label(name: str, sms: int, total: int) -> str:
+    """The device as engines are keyed: its name, multiprocessors and memory (Jetson AGX Orin,
+    Orin NX and Orin Nano all report "Orin" and compute capability 8.7)."""
+    return f"{name} ({sms} SMs, {total / (1 << 30):.0f} GiB)"
+
+
+def engine_key_fields(manifest: Manifest, graph: GraphEntry, recipe: BuildRecipe, trt_version: str, gpu: str,
+                      capability: str, limits: BuildLimits, workspace: int) -> dict:
+    """Everything that changes the engine built for ``graph`` (the engine cache's key): the
+    file parsed and its sha256, TensorRT version, device, precision, profiles, typing and
+    flags, the pinning rule, and this code's ENGINE_FORMAT."""
+    return {"engine_format": ENGINE_FORMAT, "graph_file": recipe.file, "graph_sha256": recipe.sha256,
+            "tensorrt": trt_version, "gpu": gpu, "compute_capability": capability, "precision": recipe.precision,
+            "profiles": {k: [list(s) for s in v] for k, v in input_profiles(manifest, graph, limits).items()},
+            "flags": {"strongly_typed": recipe.strongly_typed, "builder": sorted(recipe.builder_flags), "tf32": False,
+                      "workspace": workspace, "fp32_region_rule": RULE_VERSION if recipe.pin_fp32 else None}}
 
 
 class TensorRTRunner:
     """Runs a model directory's graphs as TensorRT engines (built or taken from the cache)."""
 
     def __init__(self, manifest: Manifest, precision: str = "fp16", limits: BuildLimits | None = None,
-                 cache_dir: Path | None = None, workspace: int = DEFAULT_WORKSPACE, log=None):
+                 cache_dir: Path | None = None, workspace: int = DEFAULT_WORKSPACE, log=None,
+                 memory_limit: int | None = None, max_image: int | None = None, use_saved: bool = True):
         self.trt = _trt()
+        self.major = trt_major(self.trt)
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self.manifest, self.precision = manifest, precision
-        self.cache = EngineCache(cache_dir, log=self.log)
-        self.limits = limits or saved_limits(self.cache, manifest) or BuildLimits()
+        self.recipes = {g.file: build_recipe(self.major, g, precision) for g in manifest.graphs}
+        for notice in dict.fromkeys(r.notice for r in self.recipes.values() if r.notice):
+            self.log(f"notice: {notice}")
         self.cuda = open_cuda()
-        self.gpu, self.capability = self.cuda.device_info()
-        self.runtime = self.trt.Runtime(self.trt.Logger(self.trt.Logger.WARNING))
+        for reason in FALLBACK_REASONS:
+            self.log(f"notice: using {self.cuda.name}; {reason}")
+        name, self.capability, self.integrated, sms = self.cuda.device_info()
+        free, total = self.cuda.mem_info()
+        self.gpu = device_label(name, sms, total)
+        self.cache = EngineCache(cache_dir, log=self.log)
+        # what the engines may use: on a Jetson (the GPU shares the RAM) the process's memory
+        # budget, on a discrete GPU its free memory, with the memory plan's margin
+        self.budget = memory_budget(memory_limit) if self.integrated else int(free * BUDGET_FRACTION)
+        # given, else those of the last clit-build (use_saved), else the largest that fit the budget
+        self.limits = limits or (saved_limits(self.cache, manifest) if use_saved else None) or \
+            fitting_limits(manifest, self.budget)
+        if max_image is not None:
+            self.limits = replace(self.limits, max_image=max(max_image, self.limits.tile))
+        need = tensorrt_bytes(manifest, self.limits)
+        if need > self.budget:  # an estimate: warn, and let TensorRT have the last word
+            hint = "--max-image" if manifest.encoder_halo == 0 else "--max-lr / --max-queries"
+            self.log(f"notice: engines for LR tile {self.limits.tile}, {self.limits.max_queries} queries and LR side "
+                     f"{self.limits.max_image} need about {need / (1 << 30):.1f} GiB, more than the "
+                     f"{self.budget / (1 << 30):.1f} GiB available (estimate); if they fail, build smaller ones "
+                     f"(clit-build {hint})")
+        self.trt_logger = stderr_logger(self.trt, self.log)
+        self.runtime = self.trt.Runtime(self.trt_logger)
         self.workspace = workspace
-        self.strong = strongly_typed(self.trt, precision)
-        self._engines: dict[str, tuple] = {}
+        self._engines: dict = {}
         # any file the pipeline may name (the graph or a variant) -> its graph, resolved once
         self._graph_of = {f: g for g in manifest.graphs for f in (g.file, *(v["file"] for v in g.variants.values()))}
-        self._device: dict[str, tuple[int, int]] = {}  # tensor -> (pointer, bytes)
-        self._host: dict[str, np.ndarray] = {}
+        self._device: dict = {}  # tensor -> (pointer, bytes)
+        self._host: dict = {}
+
+    @property
+    def precisions(self) -> set:
+        """What the engines compute (a missing variant can make it differ from what was asked)."""
+        return {r.precision for r in self.recipes.values()}
 
     # ---------------------------------------------------------------- building
     def key_fields(self, graph: GraphEntry) -> dict:
-        """Everything that changes the engine built for ``graph``."""
-        file = graph_file(graph, self.precision, self.strong)
-        sha = graph.sha256 if file == graph.file else graph.variants["fp16"]["sha256"]
-        return {"graph_sha256": sha, "tensorrt": str(self.trt.__version__), "gpu": self.gpu,
-                "compute_capability": self.capability, "precision": self.precision,
-                "profiles": {k: [list(s) for s in v] for k, v in input_profiles(self.manifest, graph, self.limits).items()},
-                "flags": {"strongly_typed": self.strong, "workspace": self.workspace,
-                          "fp32_layers": len(graph.fp32_layers) if not self.strong else 0}}
+        return engine_key_fields(self.manifest, graph, self.recipes[graph.file], str(self.trt.__version__), self.gpu,
+                                 self.capability, self.limits, self.workspace)
 
     def engine_for(self, graph: GraphEntry):
         """(engine, context) for ``graph``; builds it into the cache on first use."""
         if graph.file in self._engines:
             return self._engines[graph.file]
+        recipe = self.recipes[graph.file]
         fields = self.key_fields(graph)
-        path = self.manifest.root / graph_file(graph, self.precision, self.strong)
+        path = self.manifest.root / recipe.file
+        timing = self.cache.root / timing_cache_name(str(self.trt.__version__), self.gpu, self.capability)
 
         def build() -> bytes:
-            self.log(f"building TensorRT engine for {path.name} ({self.precision}, TensorRT "
+            self.log(f"building TensorRT engine for {path.name} ({recipe.precision}, TensorRT "
                      f"{self.trt.__version__}, {self.gpu}); this takes a while once")
-            return build_serialized(self.trt, path, input_profiles(self.manifest, graph, self.limits),
-                                    self.precision, graph.fp32_layers, self.strong,
-                                    self.workspace, self.cache.root / f"timing-{self.trt.__version__}.cache",
-                                    log=self.log)
+            with file_lock(timing.with_suffix(".lock")):  # builds of other graphs share the timing cache
+                return build_serialized(self.trt, path, input_profiles(self.manifest, graph, self.limits), recipe,
+                                        self.workspace, timing, log=self.log, logger=self.trt_logger)
 
-        engine, how = self.cache.get_or_build(Path(graph.file).stem, fields, build,
-                                              self.runtime.deserialize_cuda_engine)
-        self._engines[graph.file] = (engine, engine.create_execution_context())
+        engine, _ = self.cache.get_or_build(Path(graph.file).stem, fields, build, self.runtime.deserialize_cuda_engine)
+        context = engine.create_execution_context()
+        if context is None:  # TensorRT returns None when the activation memory cannot be allocated
+            hint = "--max-image" if self.manifest.encoder_halo == 0 and graph.kind == "encoder" else \
+                "--max-lr / --max-queries"
+            raise RuntimeError(f"{graph.file}: TensorRT could not create an execution context (out of GPU memory?); "
+                               f"rebuild with smaller clit-build {hint}")
+        self._engines[graph.file] = (engine, context)
         return self._engines[graph.file]
 
-    def build_all(self) -> list[str]:
+    def build_all(self) -> list:
         """Build (or find) every engine of the model; returns one status line per graph."""
         lines = []
         for g in self.manifest.graphs:
             before = g.file in self._engines
             self.engine_for(g)
-            lines.append(f"{g.file}: {'ready' if before else 'ok'}")
+            r = self.recipes[g.file]
+            lines.append(f"{g.file}: {'ready' if before else 'ok'} ({r.precision}, {r.file})")
         return lines
 
     # ---------------------------------------------------------------- running
@@ -194,7 +315,12 @@ class TensorRTRunner:
             self._host[key] = arr
         return arr[:need].view(dtype).reshape(shape)
 
-    def run(self, file: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    @staticmethod
+    def _address(ctx, file: str, name: str, ptr: int) -> None:
+        if not ctx.set_tensor_address(name, ptr):  # returns False on a bad name or address
+            raise RuntimeError(f"{file}: TensorRT refused the address of {name}")
+
+    def run(self, file: str, feeds: dict) -> list:
         graph = self._graph_of.get(file)
         if graph is None:
             raise ModelDirError(f"{file} is not a graph of {self.manifest.root}")
@@ -205,19 +331,21 @@ class TensorRTRunner:
         for name in names:
             dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
             if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-                arr = np.ascontiguousarray(feeds[name], dtype=dtype)
+                arr = np.asarray(feeds[name])
                 if not ctx.set_input_shape(name, arr.shape):
-                    raise ValueError(f"{file}: input {name} shape {arr.shape} is outside the engine's profile "
-                                     f"(rebuild with larger --max-lr/--max-queries)")
-                ptr = self._buffer(f"{file}:{name}", arr.nbytes)
-                self.cuda.htod(ptr, arr)
-                ctx.set_tensor_address(name, ptr)
+                    raise ValueError(outside_profile(self.manifest, graph, self.limits, name, arr.shape)
+                                     or f"{file}: input {name} shape {arr.shape} is outside the engine's profile")
+                host = self._pinned(f"{file}:{name}:in", arr.shape, dtype)  # async copies need page-locked memory
+                np.copyto(host, arr, casting="same_kind")
+                ptr = self._buffer(f"{file}:{name}", host.nbytes)
+                self.cuda.htod(ptr, host)
+                self._address(ctx, file, name, ptr)
         for name in [o["name"] for o in graph.outputs]:  # the ONNX output order the pipeline expects
             dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
             shape = tuple(ctx.get_tensor_shape(name))
             host = self._pinned(f"{file}:{name}", shape, dtype)
             ptr = self._buffer(f"{file}:{name}", host.nbytes)
-            ctx.set_tensor_address(name, ptr)
+            self._address(ctx, file, name, ptr)
             outputs.append((host, ptr))
         if not ctx.execute_async_v3(self.cuda.stream_handle):
             raise RuntimeError(f"{file}: TensorRT execution failed")

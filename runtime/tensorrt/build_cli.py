@@ -12,6 +12,8 @@ from ..manifest import ModelDirError, load_manifest
 from .engine_cache import DEFAULT_CACHE_DIR
 from .profiles import BuildLimits, input_profiles
 
+DEFAULT_LR, DEFAULT_QUERIES = 512, 32768  # BuildLimits' defaults, for --help and --print-profiles
+
 
 def parse_lr(text: str) -> int:
     """'1024x768' (WxH) or '1024' -> the largest side, the tile the engines are built for."""
@@ -24,13 +26,25 @@ def parse_lr(text: str) -> int:
     return max(sides)
 
 
+def limits_from(max_lr, max_queries, max_image) -> BuildLimits:
+    tile = parse_lr(max_lr) if max_lr else DEFAULT_LR
+    queries = max_queries or DEFAULT_QUERIES
+    return BuildLimits(tile=tile, max_queries=queries, max_image=max(max_image, tile),
+                       opt_tile=min(256, tile), opt_queries=min(8192, queries))
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model_dir", type=click.Path(path_type=Path))
-@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True)
-@click.option("--max-lr", default="512x512", show_default=True,
-              help="Largest LR tile the engines take (WxH); larger images are tiled, with identical results.")
-@click.option("--max-queries", type=click.IntRange(min=1), default=32768, show_default=True,
-              help="Largest decoder chunk N (clit-infer --chunk is capped to it).")
+@click.option("--precision", type=click.Choice(["fp16", "fp32", "int8"]), default="fp16", show_default=True,
+              help="fp16: FP16 with the coordinate path in FP32 (TensorRT 8.5/8.6: precision constraints; 10+: the "
+                   "mixed-precision graph, strongly typed); fp32: FP32 with TF32 off; int8: the Q/DQ graphs of a "
+                   "clit-calibrate model directory.")
+@click.option("--max-lr", help=f"Largest LR tile the engines take (WxH); larger images are tiled, with identical "
+                                f"results.  [default: {DEFAULT_LR}x{DEFAULT_LR}; on a Jetson the largest that fits "
+                                "its shared memory]")
+@click.option("--max-queries", type=click.IntRange(min=1),
+              help=f"Largest decoder chunk N (clit-infer --chunk is capped to it).  [default: {DEFAULT_QUERIES}; on a "
+                   "Jetson the largest that fits]")
 @click.option("--max-image", type=click.IntRange(min=1), default=4096, show_default=True,
               help="Largest LR image side (bounds the decoders' 1-D coordinate tables only).")
 @click.option("--workspace", type=click.IntRange(min=64), default=1024, show_default=True,
@@ -45,9 +59,8 @@ def main(model_dir, precision, max_lr, max_queries, max_image, workspace, cache_
     here are remembered per model and cache folder."""
     try:
         manifest = load_manifest(model_dir)
-        tile = parse_lr(max_lr)
-        limits = BuildLimits(tile=tile, max_queries=max_queries, max_image=max(max_image, tile),
-                             opt_tile=min(256, tile), opt_queries=min(8192, max_queries))
+        given = max_lr is not None or max_queries is not None
+        limits = limits_from(max_lr, max_queries, max_image)
         if print_profiles:
             doc = {g.file: {name: [list(s) for s in shapes]
                             for name, shapes in input_profiles(manifest, g, limits).items()}
@@ -56,14 +69,17 @@ def main(model_dir, precision, max_lr, max_queries, max_image, workspace, cache_
             return
         from .backend import TensorRTRunner, save_limits
 
-        runner = TensorRTRunner(manifest, precision=precision, limits=limits, cache_dir=cache_dir,
-                                workspace=workspace << 20)
+        runner = TensorRTRunner(manifest, precision=precision, limits=limits if given else None, max_image=max_image,
+                                use_saved=False, cache_dir=cache_dir, workspace=workspace << 20)
+        limits = runner.limits
+        click.echo(f"limits: LR tile {limits.tile}, {limits.max_queries} queries, LR side {limits.max_image}",
+                   err=True)
         for line in runner.build_all():
             click.echo(line)
         save_limits(runner.cache, manifest, limits)
-        click.echo(f"engines for {model_dir} ({precision}, TensorRT {runner.trt.__version__}, {runner.gpu}) "
-                   f"in {runner.cache.root}")
-    except (ModelDirError, ValueError, RuntimeError) as exc:
+        click.echo(f"engines for {model_dir} ({'/'.join(sorted(runner.precisions))}, TensorRT "
+                   f"{runner.trt.__version__}, {runner.gpu}) in {runner.cache.root}")
+    except (ModelDirError, ValueError, RuntimeError, OSError) as exc:
         click.echo(f"clit-build: error: {exc}", err=True)
         sys.exit(1)
 

@@ -3,8 +3,8 @@
 Key: sha256 of every input that changes an engine (graph sha256, TensorRT version, GPU
 name and compute capability, precision, profiles, builder flags).  Each entry is
 ``NAME-KEY.plan`` plus ``NAME-KEY.json`` (the key fields and the plan's sha256), both
-written atomically.  A lock file per key keeps two processes from building the same
-engine at once: the second waits, then finds the first one's engine.  A plan whose
+written atomically.  A lock file per key (``filelock``) keeps two processes from building the
+same engine at once: the second waits, then finds the first one's engine.  A plan whose
 checksum does not match, or that the loader rejects, is reported and rebuilt.
 """
 
@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from filelock import FileLock
+
 from ..atomic import atomic_write
 
 T = TypeVar("T")
@@ -30,42 +32,13 @@ def cache_key(fields: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-if os.name == "nt":  # written against the msvcrt documentation; not run here (no Windows machine)
-    import msvcrt
-
-    def _lock(f) -> None:
-        f.seek(0)
-        while True:  # LK_LOCK gives up after ~10 s; a TensorRT build can take minutes
-            try:
-                msvcrt.locking(f.fileno(), msvcrt.LK_LOCK, 1)
-                return
-            except OSError:
-                continue
-
-    def _unlock(f) -> None:
-        f.seek(0)
-        msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
-else:
-    import fcntl
-
-    def _lock(f) -> None:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-
-    def _unlock(f) -> None:
-        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
 @contextmanager
 def file_lock(path: Path):
-    """An exclusive advisory lock on ``path`` held for the ``with`` block (POSIX ``flock``;
-    ``msvcrt.locking`` on Windows)."""
+    """An exclusive lock on ``path`` held for the ``with`` block (``filelock``: maintained and
+    tested on Linux, macOS and Windows); a second process waits, however long a build takes."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as f:
-        _lock(f)
-        try:
-            yield
-        finally:
-            _unlock(f)
+    with FileLock(str(path)):
+        yield
 
 
 class EngineCache:

@@ -86,3 +86,25 @@ def input_profiles(manifest: Manifest, graph: GraphEntry, limits: BuildLimits) -
                                 "does not know how to bound (model directory from another version?)")
         out[spec["name"]] = tuple(tuple(d if isinstance(d, int) else dims[d][i] for d in shape) for i in range(3))
     return out
+
+
+# the clit-build option that bounds each symbolic dimension (see dim_ranges)
+LIMIT_OPTION = {"H": "--max-lr", "W": "--max-lr", "hf": "--max-lr", "wf": "--max-lr", "Hw": "--max-lr",
+                "Ww": "--max-lr", "hq": "--max-lr", "wq": "--max-lr", "h": "--max-image", "w": "--max-image",
+                "N": "--max-queries"}
+
+
+def outside_profile(manifest: Manifest, graph: GraphEntry, limits: BuildLimits, name: str, shape) -> str | None:
+    """None if input ``name`` of ``shape`` fits ``graph``'s profile, else a one-line reason
+    naming the dimension and the clit-build option that bounds it."""
+    spec = next((s for s in graph.inputs if s["name"] == name), None)
+    if spec is None:
+        return None
+    dims = dim_ranges(manifest, graph, limits)
+    for axis, (sym, size) in enumerate(zip(spec["shape"], shape)):
+        if isinstance(sym, str) and sym in dims:
+            lo, _, hi = dims[sym]
+            if not lo <= int(size) <= hi:
+                return (f"{graph.file}: input {name} has {sym} = {size} (axis {axis}) but the engine was built for "
+                        f"{lo}..{hi}; rebuild with a larger clit-build {LIMIT_OPTION.get(sym, '--max-lr')}")
+    return None
