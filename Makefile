@@ -1,11 +1,17 @@
 # Set-up and the two everyday commands.  `make demo` and `make test` create .venv on first
-# use (CPU PyTorch pinned by constraints.txt) and then do their job.
+# use (CPU PyTorch pinned by constraints.txt) and then do their job.  `make test` also runs
+# the torch-free suite on Python 3.8 (JetPack 5's Python) in .venv38, with only the runtime
+# installed, when a python3.8 is found (pyenv's, or PY38=/path/to/python3.8).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 OUT    ?= out
+VENV38 ?= .venv38
+PY38   ?= $(shell for p in $$HOME/.pyenv/versions/3.8*/bin/python3.8 $$(command -v python3.8); do \
+                    "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 8)' 2>/dev/null && echo "$$p" && break; done)
+DATA   ?= ../shared/data
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test test-py38 print-py38 lint clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,9 +27,32 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest
+	$(MAKE) --no-print-directory test-py38
+
+# The runtime as a Jetson has it: Python 3.8, `pip install .` (no torch, no onnx), the
+# torch-free tests, clit-parity against a reference made here by the PyTorch model.
+test-py38: setup
+	@if [ -z "$(PY38)" ]; then echo "test-py38: no python3.8 found (pyenv install 3.8): skipped"; exit 0; fi; \
+	set -e; \
+	if [ ! -f $(VENV38)/.installed ] || [ pyproject.toml -nt $(VENV38)/.installed ]; then \
+	  rm -rf $(VENV38); $(PY38) -m venv $(VENV38); \
+	  $(VENV38)/bin/python -m pip install -q --upgrade pip; \
+	  $(VENV38)/bin/python -m pip install -q '.[dev]'; \
+	  touch $(VENV38)/.installed; \
+	fi; \
+	ref=; \
+	if [ -f $(DATA)/MANIFEST.json ]; then \
+	  ref=$(VENV38)/reference.npz; \
+	  $(PY) -m clit.calibration.cli --model runtime/models/default --data $(DATA)/Set5/HR \
+	    --max-images 1 --scales 2,6 --hr-crop 48 --save-reference $$ref > /dev/null; \
+	fi; \
+	CLIT_TEST_REFERENCE=$$ref $(VENV38)/bin/python -m pytest -p no:cacheprovider -q
+
+print-py38:
+	@echo "$(PY38)"
 
 lint: setup
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache $(OUT)
+	rm -rf $(VENV) $(VENV38) build *.egg-info .pytest_cache $(OUT)
