@@ -40,7 +40,18 @@ def test_package_data_carries_the_model_directory():
     for path in files:
         rel = path.relative_to(REPO / "runtime").as_posix()
         assert any(fnmatch.fnmatch(rel, pat) for pat in patterns), f"{rel} would not be installed"
-    assert sum(p.stat().st_size for p in files) < 20 * 2**20
+    assert sum(p.stat().st_size for p in files) < 30 * 2**20
+
+
+def test_bundled_model_ships_fp16_variants():
+    """TensorRT 10+ builds FP16 engines from the mixed-precision variants (TensorRT 11 has no
+    other way): every bundled graph has one, and the manifest says so."""
+    from clit.runtime.manifest import load_manifest
+
+    manifest = load_manifest(BUNDLED_DIR)
+    assert "fp16" in manifest.data["precisions"]
+    for g in manifest.graphs:
+        assert (BUNDLED_DIR / g.file_for("fp16")).is_file(), g.file
 
 
 def test_clit_infer_and_upscaler_default_to_the_bundled_model(tmp_path):

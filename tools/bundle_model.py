@@ -1,13 +1,14 @@
 """Package a trained checkpoint as the bundled default model (``runtime/models/default``).
 
     python tools/bundle_model.py runs/bundled_stage2/last.pth
+    python tools/bundle_model.py runtime/models/default/checkpoint.pth   # re-export, same weights
 
 1. writes ``checkpoint.pth`` with the weights and the training config only (no optimizer
    or RNG state: a third of the size), in the official outer format;
-2. exports it with ``clit-export --precision fp32`` (the built-in ONNX Runtime vs PyTorch
-   parity check runs; FP16 variants are left out to keep the package small: TensorRT builds
-   its FP16 engines from the FP32 graphs on 8.5-10, and ``clit-export`` makes them when
-   needed);
+2. exports it with ``clit-export --precision fp32,fp16`` (the built-in parity checks run:
+   ONNX Runtime FP32 vs PyTorch, and the FP16 variants on ``onnx.reference``).  The FP16
+   variants are what TensorRT 10+ builds FP16 engines from (strongly typed; TensorRT 11 has no
+   other way);
 3. puts the checkpoint inside the model directory (``clit-parity`` finds it there by name and
    sha256, so the manifest records no path) and keeps
    the model card (``README.md``) of the directory it replaces;
@@ -44,10 +45,13 @@ def main() -> None:
     keep = {"config": meta.get("config"), "epoch": ckpt.get("epoch"), "best": meta.get("best")}
     with tempfile.TemporaryDirectory(dir=args.out.parent) as tmp:
         stripped = Path(tmp) / CHECKPOINT_NAME
-        save_checkpoint(stripped, model, model_args, meta=keep)
+        if args.checkpoint.resolve() == (args.out / CHECKPOINT_NAME).resolve():
+            shutil.copy2(args.checkpoint, stripped)  # re-exporting the bundled model: the same bytes
+        else:
+            save_checkpoint(stripped, model, model_args, meta=keep)
         staged = Path(tmp) / "model"
         subprocess.run([sys.executable, "-m", "clit.export.cli", str(stripped), "-o", str(staged),
-                        "--precision", "fp32"], check=True)
+                        "--precision", "fp32,fp16"], check=True)
         shutil.copy2(stripped, staged / CHECKPOINT_NAME)
         manifest = json.loads((staged / "manifest.json").read_text())
         manifest["source"].pop("path", None)  # a temporary path; the checkpoint sits beside the manifest
