@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
 from tqdm import tqdm
 
 from .engines import BACKENDS, PRECISIONS, make_engine
@@ -151,11 +152,12 @@ def main(inputs, out, scale, size, model_dir, checkpoint, backend, precision, de
                 if pipeline is not None:
                     pipeline.timings.clear()
                     pipeline.on_tile = lambda done, total, bar=bar: (setattr(bar, "total", total), bar.update(1))
+                depth = int(bit_depth) if bit_depth != "auto" else (16 if pic.bit_depth == 16 and
+                                                                     dst.suffix.lower() == ".png" else 8)
                 t1 = time.perf_counter()
-                result = upscaler.upscale(pic.pixels, scale=scale_v, size=size_v)
+                result = upscaler.upscale(pic.pixels, scale=scale_v, size=size_v,
+                                          dtype=np.uint16 if depth == 16 else np.uint8)
                 t_up = time.perf_counter() - t1
-            depth = int(bit_depth) if bit_depth != "auto" else (16 if pic.bit_depth == 16 and
-                                                                 dst.suffix.lower() == ".png" else 8)
             t2 = time.perf_counter()
             write_image(dst, result, bit_depth=depth, icc=pic.icc)
             if verbose:

@@ -39,10 +39,11 @@ class Upscaler:
     def backend(self) -> str:
         return self.engine.name
 
-    def upscale(self, image: np.ndarray, scale=None, size=None) -> np.ndarray:
+    def upscale(self, image: np.ndarray, scale=None, size=None, dtype=None) -> np.ndarray:
         """image (H, W) or (H, W, C) with C in 1-4, uint8, uint16 or float in [0, 1] -> the
-        upscaled image, same dtype and channels (floats come back float32, clamped to
-        [0, 1]).  Gray is upscaled as RGB and averaged back; alpha is upscaled bicubically."""
+        upscaled image with the same channels, as ``dtype`` (uint8, uint16 or float32; default:
+        the input's, floats as float32 clamped to [0, 1]).  Gray is upscaled as RGB and averaged
+        back; alpha is upscaled bicubically."""
         arr = np.asarray(image)
         if arr.ndim == 2:
             arr = arr[..., None]
@@ -69,10 +70,13 @@ class Upscaler:
             out = np.concatenate([out, _bicubic(x[..., -1], out.shape[:2])[..., None]], axis=2)
         if np.asarray(image).ndim == 2:
             out = out[..., 0]
-        if arr.dtype == np.uint8:
+        want = np.dtype(dtype if dtype is not None else (arr.dtype if arr.dtype in (np.uint8, np.uint16) else np.float32))
+        if want == np.uint8:
             return quantize(out, 8)
-        if arr.dtype == np.uint16:
+        if want == np.uint16:
             return quantize(out, 16)
+        if want != np.float32:
+            raise TypeError(f"output dtype must be uint8, uint16 or float32, got {want}")
         return out
 
 
