@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ..bundled import bundled_model_dir
 from ..manifest import ModelDirError, load_manifest
 from .engine_cache import DEFAULT_CACHE_DIR
 from .profiles import BuildLimits, input_profiles
@@ -34,7 +35,7 @@ def limits_from(max_lr, max_queries, max_image) -> BuildLimits:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("model_dir", type=click.Path(path_type=Path), required=False)
 @click.option("--precision", type=click.Choice(["fp16", "fp32", "int8"]), default="fp16", show_default=True,
               help="fp16: FP16 with the coordinate path in FP32 (TensorRT 8.5/8.6: precision constraints; 10+: the "
                    "mixed-precision graph, strongly typed); fp32: FP32 with TF32 off; int8: the Q/DQ graphs of a "
@@ -54,10 +55,14 @@ def limits_from(max_lr, max_queries, max_image) -> BuildLimits:
 @click.option("--print-profiles", is_flag=True,
               help="Only print each graph's (min, opt, max) input shapes as JSON (needs no TensorRT).")
 def main(model_dir, precision, max_lr, max_queries, max_image, workspace, cache_dir, print_profiles):
-    """Build the TensorRT engines of MODEL_DIR into the engine cache (what a Jetson user runs
-    once on the device).  clit-infer --backend tensorrt then finds them; the limits used
-    here are remembered per model and cache folder."""
+    """Build the TensorRT engines of MODEL_DIR (default: the bundled model) into the engine
+    cache (what a Jetson user runs once on the device).  clit-infer --backend tensorrt then
+    finds them; the limits used here are remembered per model and cache folder."""
     try:
+        if model_dir is None:
+            model_dir = bundled_model_dir()
+            if model_dir is None:
+                raise ModelDirError("no MODEL_DIR given and this installation has no bundled model")
         manifest = load_manifest(model_dir)
         given = max_lr is not None or max_queries is not None
         limits = limits_from(max_lr, max_queries, max_image)
