@@ -79,10 +79,60 @@ class Manifest:
         raise ModelDirError(f"{self.root}: manifest has no {kind} graph for branch {branch + 1}")
 
 
-def load_manifest(model_dir: str | Path) -> Manifest:
-    """Read and check ``MODEL_DIR/manifest.json`` (format version, listed files present)."""
+_HEX = set("0123456789abcdef")
+GRAPH_KINDS = ("encoder", "branch", "decoder")
+REEXPORT = "re-export it with clit-export CHECKPOINT -o MODEL_DIR"
+
+
+def _check_schema(path: Path, data) -> None:
+    """ModelDirError naming the first thing ``data`` lacks that the runtime needs."""
+    def need(obj, key, kind, where, check=None):
+        value = obj.get(key) if isinstance(obj, dict) else None
+        ok = isinstance(value, kind) and not isinstance(value, bool) and (check is None or check(value))
+        if not ok:
+            raise ModelDirError(f"{path}: {where}{key!r} is missing or not {kind.__name__ if isinstance(kind, type) else 'valid'} "
+                                f"({REEXPORT})")
+        return value
+
+    if not isinstance(data, dict):
+        raise ModelDirError(f"{path}: not a JSON object")
+    n = need(data, "n_branches", int, "", lambda v: v >= 1)
+    need(data, "radius", int, "", lambda v: v >= 0)
+    need(data, "base_dim", int, "", lambda v: v >= 1)
+    graphs = need(data, "graphs", list, "", lambda v: len(v) > 0)
+    for key, kind in (("window_size", int), ("encoder_halo", int), ("precisions", list)):
+        if key in data:
+            need(data, key, kind, "")
+    seen = set()
+    for i, g in enumerate(graphs):
+        where = f"graphs[{i}]."
+        kind = need(g, "kind", str, where, lambda v: v in GRAPH_KINDS)
+        seen.add((kind, need(g, "branch", int, where, lambda v: v >= 0)))
+        need(g, "file", str, where, lambda v: bool(v))
+        need(g, "sha256", str, where, lambda v: len(v) == 64 and set(v) <= _HEX)
+        for io in ("inputs", "outputs"):
+            for spec in need(g, io, list, where):
+                need(spec, "name", str, f"{where}{io}[].")
+                need(spec, "shape", list, f"{where}{io}[].")
+        for precision, v in (g.get("variants") or {}).items():
+            need(v, "file", str, f"{where}variants.{precision}.")
+            need(v, "sha256", str, f"{where}variants.{precision}.", lambda x: len(x) == 64 and set(x) <= _HEX)
+    wanted = {("encoder", 0)} | {("decoder", k) for k in range(n)} | {("branch", k) for k in range(1, n)}
+    missing = sorted(wanted - seen)
+    if missing:
+        kind, k = missing[0]
+        raise ModelDirError(f"{path}: no {kind} graph for branch {k + 1} of {n} ({REEXPORT})")
+
+
+def load_manifest(model_dir: str | Path, verify: bool = True) -> Manifest:
+    """Read and check ``MODEL_DIR/manifest.json``: format version, the fields the runtime
+    reads, every listed graph file present inside the folder and (``verify``) matching its
+    sha256, so a corrupt or swapped graph is named here instead of failing (or silently
+    computing something else) later."""
     root = Path(model_dir)
     path = root / MANIFEST
+    if not root.is_dir():
+        raise ModelDirError(f"{root}: not a model directory ({'no such folder' if not root.exists() else 'a file'})")
     if not path.is_file():
         raise ModelDirError(f"{root}: not a model directory (no {MANIFEST})")
     try:
@@ -91,10 +141,19 @@ def load_manifest(model_dir: str | Path) -> Manifest:
         raise ModelDirError(f"{path}: unreadable manifest ({exc})") from None
     version = data.get("format_version") if isinstance(data, dict) else None
     if version != FORMAT_VERSION:
-        raise ModelDirError(f"{path}: format version {version!r}, this clit reads version {FORMAT_VERSION}")
+        raise ModelDirError(f"{path}: format version {version!r}, this clit reads version {FORMAT_VERSION} "
+                            f"({REEXPORT})")
+    _check_schema(path, data)
     manifest = Manifest(root, data)
+    inside = root.resolve()
     for entry in manifest.graphs:
-        for file in [entry.file] + [v["file"] for v in entry.variants.values()]:
-            if not (root / file).is_file():
+        for file, digest in [(entry.file, entry.sha256)] + [(v["file"], v["sha256"]) for v in entry.variants.values()]:
+            target = (root / file).resolve()
+            if inside not in target.parents:
+                raise ModelDirError(f"{root}: graph file {file} lies outside the model directory")
+            if not target.is_file():
                 raise ModelDirError(f"{root}: graph file {file} listed in the manifest is missing")
+            if verify and sha256_file(target) != digest:
+                raise ModelDirError(f"{root / file}: does not match the manifest's sha256 (corrupt, or replaced by "
+                                    f"another graph; {REEXPORT})")
     return manifest

@@ -3,6 +3,7 @@ reference round trip without torch, clear errors for bad inputs."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -49,8 +50,16 @@ def test_corrupted_branch_is_named(exported, data_dir, tmp_path):
     arr += 0.05
     init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
     onnx.save(graph, str(bad / "decoder2.onnx"))
-    res = run("--model", bad, "--checkpoint", ckpt, "--data", data_dir / "Set5" / "HR", "--scales", "2,6",
-              "--max-images", 1, "--hr-crop", 96, "--json", tmp_path / "bad.json")
+    args = ["--model", bad, "--checkpoint", ckpt, "--data", data_dir / "Set5" / "HR", "--scales", "2,6",
+            "--max-images", 1, "--hr-crop", 96, "--json", tmp_path / "bad.json"]
+    res = run(*args)  # the loader notices the file no longer matches the manifest
+    assert res.exit_code == 2 and "decoder2.onnx: does not match the manifest's sha256" in res.output
+    manifest = json.loads((bad / "manifest.json").read_text())  # as if exported that way: localisation
+    for g in manifest["graphs"]:
+        if g["file"] == "decoder2.onnx":
+            g["sha256"] = hashlib.sha256((bad / "decoder2.onnx").read_bytes()).hexdigest()
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    res = run(*args)
     assert res.exit_code == 1, res.output
     assert "FAIL" in res.output and "x6" in res.output and "x2:" not in res.output  # x2 uses branch 1 only
     assert "first diverging stage" in res.output and "branch 2 residual" in res.output
