@@ -18,6 +18,7 @@ its CUDA provider when installed, else ONNX Runtime on the CPU (and torch for a 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Protocol
 
@@ -37,7 +38,10 @@ class Engine(Protocol):
     name: str
     source: Path | None  # the file that identifies the model: manifest or checkpoint
 
-    def upscale(self, img: np.ndarray, scale=None, size=None) -> np.ndarray: ...
+    def upscale(self, img: np.ndarray, scale=None, size=None, sink=None, out_itemsize: int = 4) -> np.ndarray | None:
+        """The output (H, W, 3) float32, not clamped; with ``sink``, given tile by tile to
+        ``sink(rows, cols, values)`` instead (see Pipeline.upscale), and None returned.
+        ``out_itemsize``: bytes per sample the caller keeps of the output (the memory plan)."""
 
 
 class OnnxEngine:
@@ -55,27 +59,35 @@ class OnnxEngine:
         manifest = load_manifest(model_dir)
         available = ort.get_available_providers()
         gpu = "CUDAExecutionProvider" in available
+        exported = manifest.data.get("precisions", ["fp32"])
         if precision == "auto":  # FP16 pays off on GPUs; on CPUs it is slower and less exact
-            precision = "fp16" if gpu and "fp16" in manifest.data.get("precisions", []) else "fp32"
+            precision = "fp16" if gpu and "fp16" in exported else "fp32"
+        elif precision == "fp16" and "fp16" not in exported:
+            print(f"notice: {manifest.root} has no fp16 variants (re-export with clit-export --precision fp32,fp16): "
+                  "running fp32", file=sys.stderr)
+            precision = "fp32"
         providers = default_providers(available, precision)
         self.pipeline = Pipeline(manifest, OnnxRuntimeRunner(manifest, providers=providers, threads=threads),
                                  precision=precision)
         self.chunk, self.tile, self.memory_limit = chunk, tile, memory_limit
+        self.budget = None  # bytes the plan had for the last image (set by settings)
         self.resident = resident_memory()  # the plan's baseline (later, it would count our own arenas)
         self.name = f"onnxruntime-{'cuda' if gpu else 'cpu'} {precision}"
         self.source = manifest.root / MANIFEST
 
-    def settings(self, lr_size, scale=None, size=None) -> tuple[int | None, int]:
-        """(tile, chunk) used for an image of ``lr_size``: the given ones or the memory plan's."""
+    def settings(self, lr_size, scale=None, size=None, out_itemsize: int = 4) -> tuple[int | None, int]:
+        """(tile, chunk) used for an image of ``lr_size`` whose output is kept as ``out_itemsize``
+        bytes per sample: the given ones or the memory plan's (its budget: :attr:`budget`)."""
+        self.budget = memory_budget(self.memory_limit, self.resident)
         if self.tile is not None and self.chunk is not None:
             return (self.tile or None), self.chunk
         plan = self.pipeline.plan(lr_size, scale=scale, size=size)
-        tile, chunk = choose(self.pipeline.manifest, plan, memory_budget(self.memory_limit, self.resident), self.chunk)
+        tile, chunk = choose(self.pipeline.manifest, plan, self.budget, self.chunk, out_itemsize)
         return (tile if self.tile is None else (self.tile or None)), chunk
 
-    def upscale(self, img, scale=None, size=None):
-        tile, chunk = self.settings(img.shape[:2], scale=scale, size=size)
-        return self.pipeline.upscale(img, scale=scale, size=size, chunk=chunk, tile=tile)
+    def upscale(self, img, scale=None, size=None, sink=None, out_itemsize: int = 4):
+        tile, chunk = self.settings(img.shape[:2], scale=scale, size=size, out_itemsize=out_itemsize)
+        return self.pipeline.upscale(img, scale=scale, size=size, chunk=chunk, tile=tile, sink=sink)
 
 
 class TensorRTEngine:
@@ -96,6 +108,7 @@ class TensorRTEngine:
         self.runner = TensorRTRunner(manifest, precision=precision, limits=limits, cache_dir=cache_dir, log=log,
                                      memory_limit=memory_limit)
         limits = self.runner.limits
+        self.budget = self.runner.budget
         self.pipeline = Pipeline(manifest, self.runner)
         self.chunk = min(chunk, limits.max_queries)
         self.tile = min(tile or limits.tile, limits.tile)
@@ -103,8 +116,8 @@ class TensorRTEngine:
         self.name = f"tensorrt-{self.runner.trt.__version__} {done} ({self.runner.gpu})"
         self.source = manifest.root / MANIFEST
 
-    def upscale(self, img, scale=None, size=None):
-        return self.pipeline.upscale(img, scale=scale, size=size, chunk=self.chunk, tile=self.tile)
+    def upscale(self, img, scale=None, size=None, sink=None, out_itemsize: int = 4):
+        return self.pipeline.upscale(img, scale=scale, size=size, chunk=self.chunk, tile=self.tile, sink=sink)
 
 
 def tensorrt_usable() -> bool:
@@ -122,11 +135,12 @@ def tensorrt_usable() -> bool:
 
 def make_engine(backend: str = "auto", model_dir: Path | None = None, checkpoint: Path | None = None,
                 precision: str = "auto", chunk: int | None = None, device: str = "cpu",
-                tile: int | None = None, cache_dir: Path | None = None) -> Engine:
+                tile: int | None = None, cache_dir: Path | None = None, memory_limit: int | None = None) -> Engine:
     """The engine for ``backend``: ``auto`` picks tensorrt (when usable) or onnxruntime for a
     model directory and torch for a checkpoint.  With neither, the bundled default model is
-    used (its checkpoint for ``backend='torch'``).  ``tile`` (LR pixels, onnxruntime only)
-    evaluates the output in tiles with bounded memory.  Raises ``ValueError`` for impossible
+    used (its checkpoint for ``backend='torch'``).  ``tile`` (LR pixels, graph backends)
+    evaluates the output in tiles with bounded memory; ``memory_limit`` (bytes) is the
+    process size the memory plan aims at (default 4 GiB).  Raises ``ValueError`` for impossible
     combinations."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r} (one of {', '.join(BACKENDS)})")
@@ -151,11 +165,11 @@ def make_engine(backend: str = "auto", model_dir: Path | None = None, checkpoint
         if model_dir is None:
             raise ValueError("the tensorrt backend needs a model directory (clit-export makes one)")
         return TensorRTEngine(Path(model_dir), precision=precision, chunk=chunk or DEFAULT_CHUNK, tile=tile,
-                              cache_dir=cache_dir)
+                              cache_dir=cache_dir, memory_limit=memory_limit)
     if backend == "onnxruntime":
         if model_dir is None:
             raise ValueError("the onnxruntime backend needs a model directory (clit-export makes one)")
-        return OnnxEngine(Path(model_dir), precision=precision, chunk=chunk, tile=tile)
+        return OnnxEngine(Path(model_dir), precision=precision, chunk=chunk, tile=tile, memory_limit=memory_limit)
     if checkpoint is None:
         raise ValueError("the torch backend needs a checkpoint (.pth)")
     if precision == "fp16":

@@ -4,8 +4,9 @@ The graph backends' peak memory is, per image (``benchmarks/memory.py`` measures
 
 * what the process already holds (interpreter, libraries, sessions: its resident size when
   the plan is made);
-* the output: one float32 (H, W, C) buffer (de-normalised and clamped in place) plus the
-  quantized copy and the encoder's copy when it is written, about ``OUTPUT_BYTES`` per sample;
+* the output: the (H, W, C) array at its final depth (uint8/uint16: each tile is quantised
+  into it as it finishes, so no output-sized float buffer exists; float32 for float callers),
+  and the image encoder's copy when it is written: ``OUTPUT_COPIES`` x the array;
 * per decoder session (one per branch): ONNX Runtime's arena holds the largest chunk's
   intermediates, about ``DECODER_TENSORS`` tensors of N x 49 x C float32 (calibrated on the
   bundled model, C = 64: 4.9 such tensors at chunk 4096 and 8192, ~0.48 GB per session at
@@ -33,7 +34,7 @@ from .manifest import Manifest
 
 GIB = 1 << 30
 DECODER_TENSORS = 6
-OUTPUT_BYTES = 8  # per output sample: float32 buffer + quantized copy + encoder's copy, with margin
+OUTPUT_COPIES = 2  # the output array and the image encoder's copy of it (OpenCV's BGR, Pillow's)
 MAP_TENSORS = 16  # C-channel float32 tensors per grid pixel of a branch window
 MAX_WINDOW = 512  # grid pixels a side of a branch window before the plan tiles for speed
 ENCODER_CHANNELS = 1024  # e.g. EDSR-baseline: 64 features x ~16 live tensors
@@ -101,9 +102,11 @@ def tile_bytes(manifest: Manifest, plan: CascadePlan, tile: int) -> int:
     return total
 
 
-def output_bytes(plan: CascadePlan) -> int:
+def output_bytes(plan: CascadePlan, itemsize: int = 4) -> int:
+    """The output kept as ``itemsize`` bytes per sample (1, 2: quantised tile by tile as the
+    tiles finish; 4: float32) and the image encoder's copy of it."""
     h, w = plan.out_size
-    return 3 * h * w * OUTPUT_BYTES
+    return 3 * h * w * OUTPUT_COPIES * itemsize
 
 
 def fast_tile(plan: CascadePlan, tile: int | None) -> bool:
@@ -113,12 +116,13 @@ def fast_tile(plan: CascadePlan, tile: int | None) -> bool:
                for grid in plan.grids for g, side in zip(grid, plan.lr_size))
 
 
-def choose(manifest: Manifest, plan: CascadePlan, budget: int, chunk: int | None = None) -> tuple[int | None, int]:
+def choose(manifest: Manifest, plan: CascadePlan, budget: int, chunk: int | None = None,
+           out_itemsize: int = 4) -> tuple[int | None, int]:
     """(tile, chunk) for ``plan`` within ``budget`` bytes: tile ``None`` when the whole image
     fits with small enough branch windows.  A given ``chunk`` is kept; otherwise the largest
     that leaves room for tiles."""
     sessions = plan.n_branches
-    room = budget - output_bytes(plan)
+    room = budget - output_bytes(plan, out_itemsize)
     if chunk is None:
         chunk = next((c for c in CHUNK_CHOICES if sessions * decoder_bytes(manifest, c) <= room / 2), CHUNK_CHOICES[-1])
     room -= sessions * decoder_bytes(manifest, chunk)
@@ -166,3 +170,25 @@ def fitting_limits(manifest: Manifest, budget: int):
                 if tensorrt_bytes(manifest, limits) <= budget:
                     return limits
     return BuildLimits(tile=32, max_queries=2048, max_image=sides[-1], opt_tile=32, opt_queries=2048)
+
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_bytes(text: str) -> int:
+    """'4G', '512M', '1.5GiB', '2GB' or a plain byte count -> bytes (binary units: 1G = 2^30)."""
+    t = str(text).strip().lower().replace(" ", "")
+    for suffix in ("ib", "b"):
+        if t.endswith(suffix) and t[:-len(suffix)][-1:].isalpha():
+            t = t[:-len(suffix)]
+            break
+    unit = t[-1:] if t[-1:].isalpha() else ""
+    if unit not in _UNITS:
+        raise ValueError(f"{text!r}: a size like 4G, 512M or 3000000000")
+    try:
+        value = float(t[:-1] if unit else t)
+    except ValueError:
+        raise ValueError(f"{text!r}: a size like 4G, 512M or 3000000000") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError(f"{text!r}: a size must be a finite number > 0")
+    return int(value * _UNITS[unit])

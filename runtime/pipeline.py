@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -37,6 +36,9 @@ DEFAULT_CHUNK = 8192  # queries per decoder run: ONNX Runtime keeps each session
 
 class GraphRunner(Protocol):
     def run(self, file: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
+
+
+Sink = Callable[[tuple, tuple, np.ndarray], None]  # (rows span, cols span, tile values)
 
 
 def bilinear_border(img: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -121,14 +123,18 @@ class Pipeline:
             return self.runner.run(self._file("decoder", k), feeds)[0][0]
 
     def upscale(self, img: np.ndarray, scale=None, size=None, chunk: int = DEFAULT_CHUNK,
-                tile: int | None = None) -> np.ndarray:
+                tile: int | None = None, sink: Sink | None = None) -> np.ndarray | None:
         """img (h, w, 3) float in [0, 1] -> (H, W, 3) float32, not clamped.
 
         ``tile`` (LR pixels) evaluates the output in tiles: the encoder runs on each tile's
         LR window plus the manifest's ``encoder_halo`` and the branch maps on each tile's
         window of their grids, so memory follows the tile and ``chunk``, not the image; the
         result equals the untiled one.  Encoders that cannot be tiled exactly (halo 0:
-        SwinIR) run once on the whole image, with the branch maps still per tile."""
+        SwinIR) run once on the whole image, with the branch maps still per tile.
+
+        With ``sink``, no output-sized float buffer exists: each finished tile (de-normalised,
+        not clamped, a float32 array the sink may modify) goes to ``sink(rows, cols, tile)``
+        with its output spans, and the method returns None."""
         if img.ndim != 3 or img.shape[2] != 3:
             raise ValueError(f"image must be (h, w, 3), got {img.shape}")
         if chunk < 1:
@@ -145,22 +151,34 @@ class Pipeline:
             ph, pw = window_padded_size((h, w), ws)
             x = np.concatenate([x, x[:, :, ::-1]], 2)[:, :, :ph]
             x = np.ascontiguousarray(np.concatenate([x, x[:, :, :, ::-1]], 3)[:, :, :, :pw])
-            out = self._run_plan(x, self.plan((ph, pw), scale=scale), chunk, tile)
-            return out[: plan.out_size[0], : plan.out_size[1]]
-        return self._run_plan(x, plan, chunk, tile)
+            return self._run_plan(x, self.plan((ph, pw), scale=scale), chunk, tile, sink, crop=plan.out_size)
+        return self._run_plan(x, plan, chunk, tile, sink)
 
-    def _run_plan(self, x: np.ndarray, plan: CascadePlan, chunk: int, tile: int | None) -> np.ndarray:
+    def _run_plan(self, x: np.ndarray, plan: CascadePlan, chunk: int, tile: int | None, sink: Sink | None,
+                  crop=None) -> np.ndarray | None:
+        """Every output tile of ``plan`` into ``sink`` (or one float32 buffer, returned), cut to
+        ``crop`` = (H, W) when the input was padded."""
         (out_h, out_w), (h, w) = plan.out_size, plan.lr_size
+        keep_h, keep_w = crop or (out_h, out_w)
         whole = self.encode(x) if tile is None or self.manifest.encoder_halo == 0 else None
         x_norm = (x[0] - np.float32(NORM_MEAN)) / np.float32(NORM_STD)
-        out = np.empty((out_h, out_w, 3), dtype=np.float32)
-        tiles = [(ys, xs) for ys in tile_spans(out_h, h, tile) for xs in tile_spans(out_w, w, tile)]
+        out = None
+        if sink is None:
+            out = np.empty((keep_h, keep_w, 3), dtype=np.float32)
+
+            def sink(ys, xs, values):
+                out[ys[0]:ys[1], xs[0]:xs[1]] = values
+
+        tiles = [(ys, xs) for ys in tile_spans(out_h, h, tile) for xs in tile_spans(out_w, w, tile)
+                 if ys[0] < keep_h and xs[0] < keep_w]
         for i, (ys, xs) in enumerate(tiles):
-            out[ys[0]:ys[1], xs[0]:xs[1]] = self._tile(x, x_norm, plan, ys, xs, chunk, whole)
+            values = self._tile(x, x_norm, plan, ys, xs, chunk, whole)
+            values *= np.float32(NORM_STD)  # de-normalised per tile
+            values += np.float32(NORM_MEAN)
+            ys, xs = (ys[0], min(ys[1], keep_h)), (xs[0], min(xs[1], keep_w))
+            sink(ys, xs, values[: ys[1] - ys[0], : xs[1] - xs[0]])
             if self.on_tile is not None:
                 self.on_tile(i + 1, len(tiles))
-        out *= np.float32(NORM_STD)  # de-normalised in place: one output-sized buffer in all
-        out += np.float32(NORM_MEAN)
         return out
 
     def _tile(self, x, x_norm, plan: CascadePlan, ys: Span, xs: Span, chunk: int, whole) -> np.ndarray:

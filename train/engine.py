@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import load_model
+from .checkpoint import load_model, torch_device
 from .model import DEFAULT_CHUNK
 
 
@@ -15,12 +15,18 @@ class TorchEngine:
     """Maps an RGB float32 image (h, w, 3) in [0, 1] to the model output (H, W, 3), not clamped."""
 
     def __init__(self, checkpoint: Path, device: str = "cpu", chunk: int = DEFAULT_CHUNK):
-        self.model = load_model(checkpoint, device=device)
+        self.model = load_model(checkpoint, device=torch_device(device))
         self.device, self.chunk = device, chunk
         self.name = f"torch-{device} fp32"
         self.source = Path(checkpoint)
 
-    def upscale(self, img: np.ndarray, scale=None, size=None) -> np.ndarray:
+    def upscale(self, img: np.ndarray, scale=None, size=None, sink=None, out_itemsize: int = 4) -> np.ndarray | None:
+        """The reference runs the whole image (its memory follows the largest branch grid); a
+        ``sink`` gets it as one tile."""
         lr = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None].to(self.device)
         out = self.model.upscale(lr, scale=scale, size=size, chunk=self.chunk)
-        return out[0].permute(1, 2, 0).cpu().numpy()
+        out = np.ascontiguousarray(out[0].permute(1, 2, 0).cpu().numpy())
+        if sink is None:
+            return out
+        sink((0, out.shape[0]), (0, out.shape[1]), out)
+        return None
