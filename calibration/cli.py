@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import shutil
+import math
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -12,6 +12,7 @@ import click
 
 from clit.runtime.atomic import atomic_write
 from clit.runtime.engines import make_engine
+from clit.runtime.errors import error_boundary
 from clit.runtime.manifest import ModelDirError, load_manifest, sha256_file
 
 from .parity import (
@@ -43,8 +44,8 @@ def _scales(text: str) -> list[float]:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise click.BadParameter(f"{text!r}: comma-separated numbers, e.g. 2,3.7,6,12") from None
-    if not values or min(values) <= 0:
-        raise click.BadParameter(f"{text!r}: scales must be > 0")
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise click.BadParameter(f"{text!r}: scales must be finite numbers > 0", param_hint="--scales")
     return values
 
 
@@ -55,11 +56,16 @@ def _scales(text: str) -> list[float]:
               help="PyTorch reference checkpoint [default: the one the manifest records].")
 @click.option("--reference", type=click.Path(path_type=Path),
               help="Reference outputs saved with --save-reference (no torch needed).")
-@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True,
+              help="The backend under test (tensorrt: engines built and cached as clit-build does).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="Precision under test; it also picks the default thresholds (int8 needs a clit-calibrate "
+                   "model directory).")
 @click.option("--data", "folder", required=True, type=click.Path(path_type=Path), help="Folder of HR images.")
-@click.option("--scales", default=",".join(f"{s:g}" for s in DEFAULT_SCALES), show_default=True)
-@click.option("--max-images", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--scales", default=",".join(f"{s:g}" for s in DEFAULT_SCALES), show_default=True,
+              help="Comma-separated scales to compare at (finite, > 0; up to the model's largest).")
+@click.option("--max-images", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Only the first N images of --data (sorted by name).")
 @click.option("--hr-crop", type=click.IntRange(min=16), default=DEFAULT_HR_CROP, show_default=True,
               help="HR pixels per side taken from the centre of each image.")
 @click.option("--max-abs", type=float, help="Override: largest allowed max |backend - reference|.")
@@ -70,6 +76,7 @@ def _scales(text: str) -> list[float]:
 @click.option("--save-reference", type=click.Path(path_type=Path),
               help="Store the PyTorch outputs and the inputs' hashes here for a later --reference check.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="TensorRT engine cache.")
+@error_boundary("clit-parity")
 def main(model_dir, checkpoint, reference, backend, precision, folder, scales, max_images, hr_crop, max_abs,
          min_psnr, max_delta, json_out, md_out, save_reference, cache_dir):
     """Compare a backend on MODEL_DIR with the PyTorch reference on real images.
@@ -141,35 +148,33 @@ if __name__ == "__main__":  # pragma: no cover
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
-              help="INT8 model directory to create (a copy of MODEL_DIR plus *.int8.onnx variants).")
+              help="INT8 model directory to create (a copy of MODEL_DIR plus *.int8.onnx variants); must not be, "
+                   "contain or lie inside MODEL_DIR or the --data folder.")
 @click.option("--data", "folder", required=True, type=click.Path(path_type=Path),
               help="Folder of real HR images for calibration (not the evaluation images).")
 @click.option("--images", type=click.IntRange(min=1), default=16, show_default=True,
               help="Calibration images (the first N of the folder).")
 @click.option("--scales", default="2,4,8", show_default=True, help="Scales the calibration runs at.")
-@click.option("--hr-crop", type=click.IntRange(min=16), default=128, show_default=True)
+@click.option("--hr-crop", type=click.IntRange(min=16), default=128, show_default=True,
+              help="HR pixels per side taken from the centre of each calibration image (its LR input is this "
+                   "crop downscaled by each scale).")
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
               show_default=True, help="Range calibration method.")
 @click.option("--keep-fp32", default="", help="Comma-separated extra ONNX node names to keep in floating point.")
 @click.option("--cache-dir", type=click.Path(path_type=Path),
               help="Reuse (or create) tensor-range caches here instead of OUT/calibration.")
-@click.option("--force", is_flag=True, help="Replace an existing output directory.")
+@click.option("--force", is_flag=True, help="Replace an existing INT8 model directory (never a file, another "
+                                            "folder or an input).")
+@error_boundary("clit-calibrate")
 def calibrate_main(model_dir, out, folder, images, scales, hr_crop, method, keep_fp32, cache_dir, force):
     """Make an INT8 (Q/DQ) model directory from MODEL_DIR with ONNX Runtime's quantisation.
 
-    Check it with: clit-parity --model OUT --precision int8 --data ...
+    Everything is checked before any work; the result is built beside OUT and replaces it
+    only when complete.  Check it with: clit-parity --model OUT --precision int8 --data ...
     """
     from .int8 import calibrate
 
-    if out.exists():
-        if not force:
-            raise click.UsageError(f"{out} exists (use --force)")
-        shutil.rmtree(out)
-    try:
-        calibrate(model_dir, out, folder, scales=_scales(scales), max_images=images, hr_crop=hr_crop,
-                  method=method, keep_fp32=tuple(n for n in keep_fp32.split(",") if n), cache_dir=cache_dir,
-                  log=lambda msg: click.echo(msg, err=True))
-    except (ParityError, ModelDirError, ValueError, RuntimeError, ImportError) as exc:
-        click.echo(f"clit-calibrate: error: {exc}", err=True)
-        sys.exit(2)
+    calibrate(model_dir, out, folder, scales=_scales(scales), max_images=images, hr_crop=hr_crop, method=method,
+              keep_fp32=tuple(n for n in keep_fp32.split(",") if n), cache_dir=cache_dir,
+              log=lambda msg: click.echo(msg, err=True), force=force)
     click.echo(f"wrote {out}")

@@ -17,11 +17,11 @@ import inspect
 import json
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from clit.runtime.atomic import check_replaceable, refuse_overlap, staged_dir
 from clit.runtime.manifest import MANIFEST, Manifest, load_manifest, sha256_file
 from clit.runtime.onnx_backend import OnnxRuntimeRunner
 from clit.runtime.pipeline import Pipeline
@@ -133,16 +133,21 @@ class _DropHint(logging.Filter):
 
 def calibrate(model_dir: Path, out: Path, folder: Path, scales=(2.0, 4.0, 8.0), max_images: int = 16,
               hr_crop: int = 128, method: str = "minmax", keep_fp32: tuple[str, ...] = (),
-              cache_dir: Path | None = None, log=print) -> Manifest:
-    """Write ``out``: a copy of ``model_dir`` with an ``int8`` variant of every graph."""
+              cache_dir: Path | None = None, log=print, force: bool = False) -> Manifest:
+    """Write ``out``: a copy of ``model_dir`` with an ``int8`` variant of every graph.
+
+    Everything is checked first (``out`` is not, does not contain and does not lie inside
+    ``model_dir``, ``folder`` or ``cache_dir``; an existing ``out`` is replaced only with
+    ``force`` and only if it is a model directory); the result is built beside ``out`` and
+    put in place when complete."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}")
+    out = Path(out)
+    refuse_overlap(out, [model_dir, folder, cache_dir])
+    check_replaceable(out, force, marker=MANIFEST)
     manifest = load_manifest(model_dir)
-    if out.exists():
-        raise FileExistsError(f"{out} exists")
     feeds = collect_inputs(manifest, folder, scales, max_images, hr_crop)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_dir(out) as tmp:
         shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
         cache_root = cache_dir or tmp / "calibration"
         cache_root.mkdir(parents=True, exist_ok=True)
@@ -167,8 +172,4 @@ def calibrate(model_dir: Path, out: Path, folder: Path, scales=(2.0, 4.0, 8.0), 
                         "data": str(folder), "quantized_ops": QUANTIZED_OPS, "format": "QDQ, symmetric INT8",
                         "kept_in_float": excluded, "keep_fp32": list(keep_fp32)}
         (tmp / MANIFEST).write_text(json.dumps(data, indent=1))
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return load_manifest(out)

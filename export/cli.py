@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import click
 import numpy as np
 import torch
 
+from clit.runtime.atomic import check_replaceable, refuse_overlap, staged_dir
+from clit.runtime.errors import error_boundary
 from clit.runtime.geometry import CASCADE_DISCOUNT, NORM_MEAN, NORM_STD, STAGE_BASE
 from clit.runtime.images import read_rgb
 from clit.runtime.manifest import FORMAT_VERSION, MANIFEST, load_manifest, sha256_file
 from clit.runtime.metrics import psnr
 from clit.runtime.onnx_backend import OnnxRuntimeRunner
 from clit.runtime.pipeline import DEFAULT_CHUNK, Pipeline
-from clit.train.checkpoint import CheckpointError, load_model_and_args
+from clit.train.checkpoint import load_model_and_args
 
 from .audit import TARGETS, audit_file
 from .onnx_export import OPSET_DEFAULT, OPSETS_ALLOWED, PRECISIONS, encoder_halo, export_graphs
@@ -146,7 +146,8 @@ def build_manifest(ckpt_path: Path, args: dict, model, graphs: list[dict], opset
               help="TensorRT version the op audit enforces with --check (8.5 = JetPack 5).")
 @click.option("--check", is_flag=True, help="Fail (exit 1, nothing written) if the audit finds unsupported ops.")
 @click.option("--no-parity", is_flag=True, help="Skip the built-in ONNX Runtime vs PyTorch check.")
-@click.option("--force", is_flag=True, help="Replace an existing output directory.")
+@click.option("--force", is_flag=True, help="Replace an existing model directory (never a file or another folder).")
+@error_boundary("clit-export")
 def main(checkpoint, out, opset, precision, max_queries, image, target_trt, check, no_parity, force):
     """Export CHECKPOINT (official or ours) to ONNX graphs plus manifest.json in OUTPUT.
 
@@ -166,18 +167,12 @@ def main(checkpoint, out, opset, precision, max_queries, image, target_trt, chec
     if "fp32" not in precisions or set(precisions) - set(PRECISIONS):
         raise click.BadParameter(f"{precision!r}: choose from {', '.join(PRECISIONS)}, fp32 included",
                                  param_hint="--precision")
-    if out.exists() and not force:
-        raise click.UsageError(f"{out} exists (use --force to replace it)")
-    try:
-        model, args = load_model_and_args(checkpoint)
-    except CheckpointError as exc:
-        raise click.UsageError(str(exc)) from None
+    refuse_overlap(out, [checkpoint, image])  # inputs and the target are checked before any work
+    check_replaceable(out, force, marker=MANIFEST)
+    model, args = load_model_and_args(checkpoint)
     img, img_name = (None, None) if no_parity else parity_input(image)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    tmp.chmod(0o755)
-    try:
+    with staged_dir(out) as tmp:  # built beside OUT, put in place only when complete
         graphs = export_graphs(model, tmp, opset=opset, precisions=precisions)
         manifest = build_manifest(Path(checkpoint), args, model, graphs, opset, max_queries, precisions)
         found = {t: [f for g in graphs for f in audit_file(tmp / g["file"], t, notes=True)] for t in TARGETS}
@@ -195,12 +190,6 @@ def main(checkpoint, out, opset, precision, max_queries, image, target_trt, chec
             parity = run_parity(model, load_manifest(tmp), img, precisions)
             manifest["parity"] = {"image": img_name, "lr_size": list(img.shape[:2]), "results": parity}
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     failed = [p for p in parity if p["status"] == "fail"]
     for p in parity:
         if "max_abs_diff" in p:

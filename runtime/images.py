@@ -376,11 +376,13 @@ def _png16_parts(arr: np.ndarray, icc: bytes | None) -> list:
     return [PNG_SIGNATURE, _png_chunk(b"IHDR", ihdr), extra, data[33:]]
 
 
-def write_image(path: str | os.PathLike, img: np.ndarray, bit_depth: int = 8, icc: bytes | None = None) -> None:
+def write_image(path: str | os.PathLike, img: np.ndarray, bit_depth: int = 8, icc: bytes | None = None,
+                overwrite: bool = True) -> None:
     """Write (H, W, C) pixels atomically (C = 1 gray, 2 gray + alpha, 3 RGB, 4 RGBA), keeping
     ``icc``.  ``img`` is float in [0, 1] (quantised by :func:`quantize`) or uint8/uint16
     (written as they are at their own depth, else converted exactly: x * 257, round(x / 257)).
-    16-bit needs a .png path."""
+    16-bit needs a .png path.  ``overwrite=False``: FileExistsError if ``path`` exists when the
+    finished file is moved into place (atomic: two writers cannot both win)."""
     path = Path(path)
     img = np.asarray(img)
     if img.ndim == 2:
@@ -408,4 +410,4 @@ def write_image(path: str | os.PathLike, img: np.ndarray, bit_depth: int = 8, ic
             options = {"icc_profile": icc} if icc else {}
             Image.fromarray(np.ascontiguousarray(q[..., 0] if mode == "L" else q)).save(f, format=fmt, **options)
 
-    atomic_write(path, write)
+    atomic_write(path, write, overwrite=overwrite)

@@ -77,6 +77,23 @@ def load_model_and_args(path: str | os.PathLike, device: str | torch.device = "c
     return model.to(device).eval(), spec["args"]
 
 
+def torch_device(name: str | torch.device) -> torch.device:
+    """``name`` as a torch device that exists here; ValueError in one line otherwise (e.g.
+    ``cuda`` with a CPU-only torch or no GPU visible)."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown torch device {name!r} (cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only torch build" if torch.version.cuda is None else "no GPU visible"
+            raise ValueError(f"--device {name}: CUDA is not available ({build}, torch {torch.__version__}); "
+                             "use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return device
+
+
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> CLIT:
     """Load an official or our CLIT checkpoint; returns the model in eval mode."""
     return load_model_and_args(path, device)[0]

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import click
 
-from clit.runtime.images import ImageError
+from clit.runtime.atomic import refuse_overlap
+from clit.runtime.errors import error_boundary
 
-from .checkpoint import CheckpointError
-from .config import ConfigError, load_config
-from .data import DataError
+from .config import load_config
 from .trainer import TrainOptions, train
 
 
@@ -34,7 +33,8 @@ from .trainer import TrainOptions, train
 @click.option("--amp", type=click.Choice(["bf16", "fp16"]), help="Mixed precision autocast (fp16 uses a grad scaler).")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Data-loader worker processes (batches do not depend on it).")
-@click.option("--no-progress", is_flag=True, help="No progress bar (log lines only).")
+@click.option("--no-progress", is_flag=True, help="No progress bar (log lines only; also when stderr is no terminal).")
+@error_boundary("clit-train")
 def main(config_path, train_dir, val_dir, out, init_from, resume, epochs, device, amp, workers, no_progress):
     """Train a CLIT model on a folder of HR images.
 
@@ -46,14 +46,11 @@ def main(config_path, train_dir, val_dir, out, init_from, resume, epochs, device
         raise click.UsageError("give --config (or --resume a run)")
     if init_from is not None and resume is not None:
         raise click.UsageError("--init-from starts a new run; --resume continues one: give one")
-    try:
-        config = load_config(config_path) if config_path is not None else None
-        summary = train(TrainOptions(config=config, train_dir=train_dir, out=out, val_dir=val_dir,
-                                     init_from=init_from, resume=resume, epochs=epochs, device=device,
-                                     amp=amp, workers=workers, progress=not no_progress))
-    except (ConfigError, DataError, ImageError, CheckpointError) as exc:
-        click.echo(f"clit-train: error: {exc}", err=True)
-        sys.exit(2)
+    refuse_overlap(out, [train_dir, val_dir], what="run folder --out")
+    config = load_config(config_path) if config_path is not None else None
+    summary = train(TrainOptions(config=config, train_dir=train_dir, out=out, val_dir=val_dir,
+                                 init_from=init_from, resume=resume, epochs=epochs, device=device,
+                                 amp=amp, workers=workers, progress=not no_progress and sys.stderr.isatty()))
     best = summary["best_psnr"]
     click.echo(f"done: {summary['epochs_run']} epoch(s) run, last checkpoint {summary['last']}"
                + (f", best validation PSNR {best:.2f} dB" if best is not None else ""), err=True)

@@ -12,7 +12,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import click
@@ -21,6 +21,8 @@ from tqdm import tqdm
 
 from clit.runtime.atomic import atomic_write
 from clit.runtime.engines import BACKENDS, PRECISIONS, make_engine
+from clit.runtime.errors import describe, error_boundary, for_input
+from clit.runtime.geometry import plan_cascade
 from clit.runtime.images import list_images, read_uint8
 from clit.runtime.manifest import sha256_file
 from clit.runtime.protocol import PROTOCOLS, make_pair, score
@@ -56,8 +58,13 @@ class Result:
     psnr: float
     ssim: float
     ssim_y: float
-    images: int
+    images: int  # images the figures cover
     seconds: float
+    failed: dict = field(default_factory=dict)  # image -> one-line reason, for images that could not be scored
+
+    @property
+    def coverage(self) -> str:
+        return f"{self.images}/{self.images + len(self.failed)}" if self.failed else str(self.images)
 
 
 def dataset_name(folder: Path) -> str:
@@ -66,38 +73,65 @@ def dataset_name(folder: Path) -> str:
     return folder.parent.name if folder.name.upper() == "HR" and folder.parent.name else folder.name
 
 
+def check_scale(engine, scale: float) -> None:
+    """ValueError (for the whole dataset/scale pair) if the engine's model cannot reach ``scale``."""
+    pipeline, model = getattr(engine, "pipeline", None), getattr(engine, "model", None)
+    branches = pipeline.manifest.n_branches if pipeline is not None else getattr(model, "n_branches", None)
+    if branches is not None:
+        plan_cascade((64, 64), scale=scale, max_branches=branches)
+
+
 def evaluate(engine, folder: Path, scale: float, protocol: str, quantize: bool = False,
              max_images: int | None = None, progress: bool = False,
-             scores: dict[str, ImageScore] | None = None, on_image=None) -> Result:
+             scores: dict[str, ImageScore] | None = None, on_image=None, on_error=None) -> Result:
     """Mean PSNR / SSIM of ``engine`` over the HR images of ``folder`` at ``scale``.
 
     ``scores`` (image path relative to ``folder`` -> score) holds images scored earlier, which
-    are not run again, and receives each new score; ``on_image()`` is called after each.
-    ``seconds`` is the total time spent in ``engine.upscale``."""
+    are not run again, and receives each new score; ``on_image()`` is called after each.  An
+    image that cannot be scored (unreadable, too large, ...) is reported through
+    ``on_error(path, exc)``, listed in the result's ``failed`` and left out of the means; the
+    others still count.  ``seconds`` is the total time spent in ``engine.upscale``."""
     folder = Path(folder)
+    check_scale(engine, scale)
     files = list_images(folder)[:max_images]
     names = [p.relative_to(folder).as_posix() for p in files]
     scores = {} if scores is None else scores
+    failed: dict = {}
     todo = [(n, p) for n, p in zip(names, files) if n not in scores]
     for name, path in tqdm(todo, desc=f"{dataset_name(folder)} x{scale:g}", disable=not progress, leave=False,
                            initial=len(files) - len(todo), total=len(files)):
-        hr, lr = make_pair(read_uint8(path), scale)
-        t0 = time.perf_counter()
-        pred = engine.upscale(lr.astype(np.float32) / 255, scale=scale)
-        seconds = time.perf_counter() - t0
-        if pred.shape != hr.shape:
-            raise AssertionError(f"{path}: prediction {pred.shape} but HR crop {hr.shape}")
-        pred = np.clip(pred, 0, 1)
-        if quantize:
-            pred = np.rint(pred * 255) / 255
-        s = score(pred, hr.astype(np.float64) / 255, scale, protocol)
-        scores[name] = ImageScore(float(s.psnr), float(s.ssim), float(s.ssim_y), seconds)
+        try:
+            scores[name] = score_image(engine, path, scale, protocol, quantize)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # the per-image boundary: reported, the others still scored
+            failed[name] = for_input(path, exc)
+            if on_error is not None:
+                on_error(path, exc)
+            continue
         if on_image is not None:
             on_image()
-    rows = [scores[n] for n in names]
+    rows = [scores[n] for n in names if n in scores]
+    if not rows:
+        raise ValueError(f"{folder} x{scale:g}: no image could be scored ({len(failed)} failed)")
     return Result(dataset_name(folder), float(scale), float(np.mean([r.psnr for r in rows])),
-                  float(np.mean([r.ssim for r in rows])), float(np.mean([r.ssim_y for r in rows])), len(files),
-                  round(sum(r.seconds for r in rows), 3))
+                  float(np.mean([r.ssim for r in rows])), float(np.mean([r.ssim_y for r in rows])), len(rows),
+                  round(sum(r.seconds for r in rows), 3), failed)
+
+
+def score_image(engine, path: Path, scale: float, protocol: str, quantize: bool) -> ImageScore:
+    """One image: LR made by the protocol, upscaled, clamped (and quantised), scored."""
+    hr, lr = make_pair(read_uint8(path), scale)
+    t0 = time.perf_counter()
+    pred = engine.upscale(lr.astype(np.float32) / 255, scale=scale)
+    seconds = time.perf_counter() - t0
+    if pred.shape != hr.shape:
+        raise AssertionError(f"{path}: prediction {pred.shape} but HR crop {hr.shape}")
+    pred = np.clip(pred, 0, 1)
+    if quantize:
+        pred = np.rint(pred * 255) / 255
+    s = score(pred, hr.astype(np.float64) / 255, scale, protocol)
+    return ImageScore(float(s.psnr), float(s.ssim), float(s.ssim_y), seconds)
 
 
 def format_table(results: list[Result]) -> str:
@@ -105,8 +139,10 @@ def format_table(results: list[Result]) -> str:
     head = f"{'dataset':<12}{'scale':>7}{'images':>8}{'PSNR dB':>10}{'SSIM':>9}{'SSIM-Y':>9}{'seconds':>10}"
     rows = [head, "-" * len(head)]
     for r in results:
-        rows.append(f"{r.dataset:<12}{r.scale:>7g}{r.images:>8}{r.psnr:>10.3f}{r.ssim:>9.4f}{r.ssim_y:>9.4f}"
+        rows.append(f"{r.dataset:<12}{r.scale:>7g}{r.coverage:>8}{r.psnr:>10.3f}{r.ssim:>9.4f}{r.ssim_y:>9.4f}"
                     f"{r.seconds:>10.2f}")
+    if any(r.failed for r in results):
+        rows.append("(images: scored/total where some could not be scored; the figures cover the scored ones)")
     return "\n".join(rows)
 
 
@@ -118,7 +154,8 @@ def markdown_rows(results: list[Result], label: str, scales: list[float], header
         lines += ["| dataset | method | " + " | ".join(f"x{s:g}" for s in scales) + " |",
                   "|---|---|" + "---|" * len(scales)]
     for name in dict.fromkeys(r.dataset for r in results):
-        cell = {r.scale: f"{r.psnr:.2f} / {r.ssim_y:.4f}" for r in results if r.dataset == name}
+        cell = {r.scale: f"{r.psnr:.2f} / {r.ssim_y:.4f}" + (f" ({r.coverage} images)" if r.failed else "")
+                for r in results if r.dataset == name}
         lines.append(f"| {name} | {label} | " + " | ".join(cell.get(float(s), "") for s in scales) + " |")
     return "\n".join(lines)
 
@@ -144,8 +181,10 @@ def parse_scales(text: str) -> list[float]:
 @click.option("--scales", default="2,3,4", show_default=True, help="Comma-separated scales, e.g. 2,3,4,6,8,12,2.5.")
 @click.option("--protocol", type=click.Choice(PROTOCOLS), default="benchmark", show_default=True,
               help="benchmark: Y PSNR, shave ceil(s); div2k: RGB PSNR, shave ceil(s) + 6.")
-@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help="auto: tensorrt when usable, else onnxruntime for a model directory; torch for --checkpoint.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+              help="auto: fp16 on a GPU, fp32 on the CPU (the README tables are fp32).")
 @click.option("--device", default="cpu", show_default=True, help="torch device for --checkpoint.")
 @click.option("--quantize", is_flag=True, help="Round predictions to 8 bits first (what a saved PNG scores).")
 @click.option("--max-images", type=click.IntRange(min=1), help="Only the first N images of each folder.")
@@ -158,6 +197,7 @@ def parse_scales(text: str) -> list[float]:
                    "sittings).")
 @click.option("--markdown", "markdown_label", metavar="LABEL",
               help="Also print the results as README table rows (PSNR / SSIM-Y per scale) labelled LABEL.")
+@error_boundary("clit-eval")
 def main(checkpoint, model_dir, method, folders, scales, protocol, backend, precision, device, quantize,
          max_images, json_out, resume, markdown_label):
     """Evaluate a model (or bicubic) on folders of HR images at several scales.
@@ -165,7 +205,9 @@ def main(checkpoint, model_dir, method, folders, scales, protocol, backend, prec
     LR inputs are made from the HR images as LIIF/LTE/CLIT do (MATLAB bicubic for integer
     scales <= 4, Pillow bicubic otherwise).  PSNR follows --protocol; SSIM is the official
     RGB Gaussian SSIM (no shave), SSIM-Y the common luma SSIM with the protocol's shave.
-    Without --checkpoint or --model the bundled default model is evaluated.
+    Without --checkpoint or --model the bundled default model is evaluated.  An image that
+    cannot be scored is reported in one line and left out; the table says how many images
+    each figure covers; the exit code is then 1.
     """
     scale_list = parse_scales(scales)
     if resume and json_out is None:
@@ -177,11 +219,7 @@ def main(checkpoint, model_dir, method, folders, scales, protocol, backend, prec
     else:
         if checkpoint and model_dir:
             raise click.UsageError("give at most one of --checkpoint and --model")
-        try:
-            engine = make_engine(backend, model_dir=model_dir, checkpoint=checkpoint, precision=precision,
-                                 device=device)
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise click.UsageError(str(exc)) from None
+        engine = make_engine(backend, model_dir=model_dir, checkpoint=checkpoint, precision=precision, device=device)
     click.echo(f"method: {engine.name}; protocol: {protocol}", err=True)
     setup = {"method": engine.name, "protocol": protocol, "quantize": quantize,
              "checkpoint": str(checkpoint) if checkpoint else None, "model": str(model_dir) if model_dir else None,
@@ -192,6 +230,8 @@ def main(checkpoint, model_dir, method, folders, scales, protocol, backend, prec
     def save(complete: bool = False) -> None:
         if json_out is not None:
             write_json(json_out, setup, results, failed, partial, complete=complete)
+
+    save()  # an unwritable --json is an error now, not after hours of evaluation
 
     for folder in folders:
         for s in scale_list:
@@ -204,18 +244,25 @@ def main(checkpoint, model_dir, method, folders, scales, protocol, backend, prec
             scores = partial.setdefault(running, {})
             if scores:
                 click.echo(f"{running}: {len(scores)} images kept from {json_out}", err=True)
+            def image_failed(path, exc, s=s):
+                failed.append(f"{for_input(path, exc)} (x{s:g})")
+                tqdm.write(f"clit-eval: error: {failed[-1]}", file=sys.stderr)
+                save()
+
             try:
-                r = evaluate(engine, folder, s, protocol, quantize=quantize, max_images=max_images, progress=True,
-                             scores=scores, on_image=save)
-            except ValueError as exc:  # ImageError, bad scale for the model
-                del partial[running]
-                failed.append(f"{folder} x{s:g}: {exc}")
-                click.echo(f"clit-eval: error: {folder} x{s:g}: {exc}", err=True)
+                r = evaluate(engine, folder, s, protocol, quantize=quantize, max_images=max_images,
+                             progress=sys.stderr.isatty(), scores=scores, on_image=save, on_error=image_failed)
+            except ValueError as exc:  # no images, a scale beyond the model, nothing scorable
+                if not scores:
+                    del partial[running]
+                failed.append(f"{folder} x{s:g}: {describe(exc)}")  # finished scores stay under 'partial'
+                click.echo(f"clit-eval: error: {failed[-1]}", err=True)
+                save()
                 continue
             del partial[running]
             results.append(r)
             click.echo(f"{r.dataset} x{r.scale:g}: PSNR {r.psnr:.3f} dB, SSIM-Y {r.ssim_y:.4f} "
-                       f"({r.images} images, {r.seconds:.1f} s)", err=True)
+                       f"({r.coverage} images, {r.seconds:.1f} s)", err=True)
             save()
     click.echo(format_table(results))
     if markdown_label:
@@ -257,3 +304,7 @@ def previous_results(path: Path, setup: dict) -> tuple[dict[tuple[str, float], R
     if differs:
         raise click.UsageError(f"--resume: {path} was made with another setup ({', '.join(differs)} differ)")
     return {(r.dataset, r.scale): r for r in rows}, partial
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

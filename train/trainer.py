@@ -28,7 +28,7 @@ from tqdm import tqdm
 from clit.runtime.atomic import atomic_write
 from clit.runtime.geometry import NORM_MEAN, NORM_STD
 
-from .checkpoint import CheckpointError, build_model, load_state, read_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, build_model, load_state, read_checkpoint, save_checkpoint, torch_device
 from .config import ConfigError, normalize_config
 from .data import CascadedBatches, ImageFolder, StepSampler
 
@@ -165,6 +165,7 @@ def _resolve_config(opts: TrainOptions, resume_ckpt: dict | None) -> dict:
 
 def train(opts: TrainOptions) -> dict:
     """Run (or resume) a training; returns a summary (epochs run, best PSNR, paths)."""
+    torch_device(opts.device)  # one line, before anything starts, if the device is not here
     d = init_distributed(opts.device)
     device = torch.device(f"cuda:{d.local_rank}" if opts.device == "cuda" and d.world > 1 else opts.device)
     if device.type == "cuda":

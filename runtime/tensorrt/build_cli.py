@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
 
 from ..bundled import bundled_model_dir
+from ..errors import error_boundary
 from ..manifest import ModelDirError, load_manifest
 from .engine_cache import DEFAULT_CACHE_DIR
 from .profiles import BuildLimits, input_profiles
@@ -30,7 +30,7 @@ def parse_lr(text: str) -> int:
 def limits_from(max_lr, max_queries, max_image) -> BuildLimits:
     tile = parse_lr(max_lr) if max_lr else DEFAULT_LR
     queries = max_queries or DEFAULT_QUERIES
-    return BuildLimits(tile=tile, max_queries=queries, max_image=max(max_image, tile),
+    return BuildLimits(tile=tile, max_queries=queries, max_image=max(max_image or 4096, tile),
                        opt_tile=min(256, tile), opt_queries=min(8192, queries))
 
 
@@ -46,47 +46,43 @@ def limits_from(max_lr, max_queries, max_image) -> BuildLimits:
 @click.option("--max-queries", type=click.IntRange(min=1),
               help=f"Largest decoder chunk N (clit-infer --chunk is capped to it).  [default: {DEFAULT_QUERIES}; on a "
                    "Jetson the largest that fits]")
-@click.option("--max-image", type=click.IntRange(min=1), default=4096, show_default=True,
-              help="Largest LR image side (bounds the decoders' 1-D coordinate tables only).")
+@click.option("--max-image", type=click.IntRange(min=1),
+              help="Largest LR image side (the decoders' 1-D coordinate tables; for encoders that run on the whole "
+                   "image, SwinIR, the encoder too).  [default: 4096; for those encoders the largest that fits]")
 @click.option("--workspace", type=click.IntRange(min=64), default=1024, show_default=True,
               help="Builder workspace limit in MiB.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
               help=f"Engine cache folder [default: {DEFAULT_CACHE_DIR}].")
 @click.option("--print-profiles", is_flag=True,
               help="Only print each graph's (min, opt, max) input shapes as JSON (needs no TensorRT).")
+@error_boundary("clit-build", code=1)
 def main(model_dir, precision, max_lr, max_queries, max_image, workspace, cache_dir, print_profiles):
     """Build the TensorRT engines of MODEL_DIR (default: the bundled model) into the engine
     cache (what a Jetson user runs once on the device).  clit-infer --backend tensorrt then
     finds them; the limits used here are remembered per model and cache folder."""
-    try:
+    if model_dir is None:
+        model_dir = bundled_model_dir()
         if model_dir is None:
-            model_dir = bundled_model_dir()
-            if model_dir is None:
-                raise ModelDirError("no MODEL_DIR given and this installation has no bundled model")
-        manifest = load_manifest(model_dir)
-        given = max_lr is not None or max_queries is not None
-        limits = limits_from(max_lr, max_queries, max_image)
-        if print_profiles:
-            doc = {g.file: {name: [list(s) for s in shapes]
-                            for name, shapes in input_profiles(manifest, g, limits).items()}
-                   for g in manifest.graphs}
-            click.echo(json.dumps(doc, indent=1))
-            return
-        from .backend import TensorRTRunner, save_limits
+            raise ModelDirError("no MODEL_DIR given and this installation has no bundled model")
+    manifest = load_manifest(model_dir)
+    given = max_lr is not None or max_queries is not None
+    limits = limits_from(max_lr, max_queries, max_image)
+    if print_profiles:
+        doc = {g.file: {name: [list(s) for s in shapes] for name, shapes in input_profiles(manifest, g, limits).items()}
+               for g in manifest.graphs}
+        click.echo(json.dumps(doc, indent=1))
+        return
+    from .backend import TensorRTRunner, save_limits
 
-        runner = TensorRTRunner(manifest, precision=precision, limits=limits if given else None, max_image=max_image,
-                                use_saved=False, cache_dir=cache_dir, workspace=workspace << 20)
-        limits = runner.limits
-        click.echo(f"limits: LR tile {limits.tile}, {limits.max_queries} queries, LR side {limits.max_image}",
-                   err=True)
-        for line in runner.build_all():
-            click.echo(line)
-        save_limits(runner.cache, manifest, limits)
-        click.echo(f"engines for {model_dir} ({'/'.join(sorted(runner.precisions))}, TensorRT "
-                   f"{runner.trt.__version__}, {runner.gpu}) in {runner.cache.root}")
-    except (ModelDirError, ValueError, RuntimeError, OSError) as exc:
-        click.echo(f"clit-build: error: {exc}", err=True)
-        sys.exit(1)
+    runner = TensorRTRunner(manifest, precision=precision, limits=limits if given else None, max_image=max_image,
+                            use_saved=False, cache_dir=cache_dir, workspace=workspace << 20)
+    limits = runner.limits
+    click.echo(f"limits: LR tile {limits.tile}, {limits.max_queries} queries, LR side {limits.max_image}", err=True)
+    for line in runner.build_all():
+        click.echo(line)
+    save_limits(runner.cache, manifest, limits)
+    click.echo(f"engines for {model_dir} ({'/'.join(sorted(runner.precisions))}, TensorRT "
+               f"{runner.trt.__version__}, {runner.gpu}) in {runner.cache.root}")
 
 
 if __name__ == "__main__":  # pragma: no cover
