@@ -5,7 +5,10 @@ bicubic: the content does not change time or memory), runs ``clit-infer --verbos
 a child process and reports the child's peak RSS (the issue's check: a 1920x1080 -> x4
 upscale fits in 4 GB on the CPU path with the defaults).
 
-    python benchmarks/cli_peak.py [--size 1920x1080] [--scale 4] [--model DIR] [--json out.json]
+    python benchmarks/cli_peak.py [--size 1920x1080] [--scale 4] [--tile T] [--model DIR] [--python PY] [--json out.json]
+
+``--python`` runs another installation's clit-infer (e.g. an older version in its own venv)
+on the same input, for a side-by-side comparison.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ def main() -> None:
     ap.add_argument("--size", default="1920x1080", help="input WxH")
     ap.add_argument("--scale", default="4")
     ap.add_argument("--model", type=Path, help="model directory (default: the bundled model)")
+    ap.add_argument("--tile", help="clit-infer --tile (default: the memory plan's)")
+    ap.add_argument("--python", default=sys.executable, help="the Python whose clit-infer runs")
     ap.add_argument("--source", type=Path, default=SOURCE)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -38,10 +43,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "input.png", Path(tmp) / "output.png"
         Image.open(args.source).convert("RGB").resize((w, h), Image.BICUBIC).save(src)
-        cmd = [sys.executable, "-m", "clit.runtime.cli", str(src), "--scale", args.scale, "-o", str(dst),
+        cmd = [args.python, "-m", "clit.runtime.cli", str(src), "--scale", args.scale, "-o", str(dst),
                "--backend", "onnxruntime", "--verbose"]
         if args.model is not None:
             cmd += ["--model", str(args.model)]
+        if args.tile is not None:
+            cmd += ["--tile", args.tile]
         t0 = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True)
         seconds = time.perf_counter() - t0

@@ -101,3 +101,54 @@ def exported_clit2(tmp_path_factory):
     res = CliRunner().invoke(export_cli, [str(ckpt), "-o", str(out), "--no-parity"])
     assert res.exit_code == 0, res.output
     return ckpt, out
+
+
+@pytest.fixture
+def photo(tmp_path, rng) -> Path:
+    """A small random RGB PNG (14 x 18) in tmp_path."""
+    from PIL import Image
+
+    path = tmp_path / "photo.png"
+    Image.fromarray(rng.integers(0, 256, (14, 18, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def strong_fp16(tmp_path_factory):
+    """name -> Manifest of a strong golden model exported with FP16 variants (once per session)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from clit.export.onnx_export import encoder_halo, export_graphs
+    from clit.runtime.manifest import FORMAT_VERSION, Manifest
+    from clit.train import load_model
+
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            if not (GOLDEN / f"{name}.pth").is_file():
+                pytest.skip(f"golden models not found at {GOLDEN}")
+            model = load_model(GOLDEN / f"{name}.pth")
+            out = tmp_path_factory.mktemp(name)
+            graphs = export_graphs(model, out, precisions=("fp32", "fp16"))
+            cache[name] = Manifest(out, {"format_version": FORMAT_VERSION, "n_branches": model.n_branches,
+                                         "radius": model.r, "window_size": model.window_size,
+                                         "encoder_halo": encoder_halo(model), "graphs": graphs})
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture
+def lit_checkpoint(tmp_path) -> Path:
+    """A copy of the golden one-branch checkpoint in tmp_path (for export tests; needs torch, onnx)."""
+    import shutil
+
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    src = GOLDEN / "edsr_lit_small.pth"
+    if not src.is_file():
+        pytest.skip(f"golden models not found at {GOLDEN}")
+    shutil.copy(src, tmp_path / "ckpt.pth")
+    return tmp_path / "ckpt.pth"
+

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import click
-import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import DATA, GOLDEN
@@ -35,13 +34,6 @@ def assert_one_line(done, *fragments, code=None):
     assert all(f in lines[0] for f in fragments), lines[0]
 
 
-@pytest.fixture
-def photo(tmp_path, rng):
-    path = tmp_path / "photo.png"
-    Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)).save(path)
-    return path
-
-
 def test_empty_input_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     assert_one_line(run("clit-infer", tmp_path / "empty", "--scale", 2, "-o", tmp_path / "out"), "no images", code=2)
@@ -52,7 +44,7 @@ def test_single_input_into_a_new_folder(tmp_path, photo, out):
     target = tmp_path / out
     done = run("clit-infer", photo, "--scale", 2, "-o", str(target) + ("/" if out.endswith("/") else ""))
     assert done.returncode == 0, done.stderr
-    assert Image.open(tmp_path / "newdir" / "photo.png").size == (24, 20)
+    assert Image.open(tmp_path / "newdir" / "photo.png").size == (36, 28)
 
 
 def test_bad_max_memory_and_scale(tmp_path, photo):
@@ -102,17 +94,13 @@ def test_binary_file_as_training_config(tmp_path):
     assert_one_line(done, "YAML mapping", code=2)
 
 
-def test_export_with_an_unreadable_image(tmp_path):
-    pytest.importorskip("torch")
-    pytest.importorskip("onnx")
-    ckpt = GOLDEN / "edsr_lit_small.pth"
-    if not ckpt.is_file():
-        pytest.skip(f"golden models not found at {GOLDEN}")
+def test_export_with_an_unreadable_image(lit_checkpoint, tmp_path):
+    ckpt = lit_checkpoint
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
     done = run("clit-export", ckpt, "-o", tmp_path / "m", "--image", bad)
     assert_one_line(done, "bad.png", code=2)
-    assert not (tmp_path / "m").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.png"]
+    assert not (tmp_path / "m").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.png", "ckpt.pth"]
 
 
 def test_build_and_calibrate_bad_model_dirs(tmp_path):

@@ -11,48 +11,26 @@ from conftest import DATA, GOLDEN
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 from clit.export.fp16_check import ReferenceRunner, index_tensors, psnr_contribution  # noqa: E402
-from clit.export.onnx_export import encoder_halo, export_graphs  # noqa: E402
 from clit.runtime.geometry import pixel_centres, plan_cascade  # noqa: E402
 from clit.runtime.images import read_uint8  # noqa: E402
-from clit.runtime.manifest import FORMAT_VERSION, Manifest  # noqa: E402
 from clit.runtime.metrics import psnr  # noqa: E402
 from clit.runtime.onnx_backend import OnnxRuntimeRunner  # noqa: E402
 from clit.runtime.pipeline import Pipeline  # noqa: E402
 from clit.runtime.resize import pil_bicubic  # noqa: E402
 from clit.runtime.tiling import neighbourhood_span  # noqa: E402
-from clit.train import load_model  # noqa: E402
 
 MIN_PSNR = 45.0  # dB against FP32, the FP16 threshold of clit-parity
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            if not (GOLDEN / f"{name}.pth").is_file():
-                pytest.skip(f"golden models not found at {GOLDEN}")
-            model = load_model(GOLDEN / f"{name}.pth")
-            out = tmp_path_factory.mktemp(name)
-            graphs = export_graphs(model, out, precisions=("fp32", "fp16"))
-            cache[name] = Manifest(out, {"format_version": FORMAT_VERSION, "n_branches": model.n_branches,
-                                         "radius": model.r, "window_size": model.window_size,
-                                         "encoder_halo": encoder_halo(model), "graphs": graphs})
-        return cache[name]
-
-    return get
-
-
 @pytest.mark.parametrize("width", [480, 1100])
-def test_decoders_on_wide_grids_keep_indices_and_accuracy(exported, width):
+def test_decoders_on_wide_grids_keep_indices_and_accuracy(strong_fp16, width):
     """x16 with two branches on LR strips 480 and 1100 pixels wide: branch 2 reads grids 1920
     and 4400 wide, where FP16 coordinates would be off by pixels.  On the last 3200 output
     pixels of the strip (the largest coordinates) both decoders' FP16 variants give the same
     neighbour and bilinear indices as FP32 and a residual within 45 dB of it."""
     if not (DATA / "Urban100" / "HR" / "img_001.png").is_file():
         pytest.skip(f"real images not found at {DATA}")
-    manifest = exported("edsr_clit2_small")
+    manifest = strong_fp16("edsr_clit2_small")
     photo = read_uint8(DATA / "Urban100" / "HR" / "img_001.png")  # 1024 x 644
     lr = pil_bicubic(photo, (round(photo.shape[0] * width / photo.shape[1]), width))[-24:]
     lr = np.ascontiguousarray(lr, dtype=np.float32) / 255
@@ -93,11 +71,11 @@ def test_decoders_on_wide_grids_keep_indices_and_accuracy(exported, width):
 @pytest.mark.parametrize("name, scale, crop", [("edsr_lit_small", 3.7, None), ("edsr_clit2_small", 12, 12),
                                                ("edsr_clit3_small", 18, 8), ("rdn_clit2_small", 6, None),
                                                ("swinir_clit2_small", 3.5, None)])
-def test_fp16_pipeline_on_strong_models(exported, name, scale, crop):
+def test_fp16_pipeline_on_strong_models(strong_fp16, name, scale, crop):
     """The whole FP16 pipeline (every graph in float16 where the variant says so) against
     ONNX Runtime FP32 on the golden LR inputs (a corner of them at x12 and x18, to keep the
     reference evaluator quick): >= 45 dB (observed 75-87 dB)."""
-    manifest = exported(name)
+    manifest = strong_fp16(name)
     lr = np.ascontiguousarray(np.load(GOLDEN / f"{name}.npz")["lr"][0].transpose(1, 2, 0)[:crop, :crop])
     full = Pipeline(manifest, OnnxRuntimeRunner(manifest)).upscale(lr, scale=scale)
     half = Pipeline(manifest, ReferenceRunner(manifest), precision="fp16").upscale(lr, scale=scale, chunk=8192)

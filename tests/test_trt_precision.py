@@ -5,37 +5,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import GOLDEN
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto  # noqa: E402
 from parser_network import TRT, parse  # noqa: E402
 
-from clit.export.onnx_export import export_graphs  # noqa: E402
 from clit.export.precision import fp32_nodes  # noqa: E402
 from clit.export.precision import region as onnx_region  # noqa: E402
 from clit.runtime.fp32_region import COORDINATE_INPUTS  # noqa: E402
 from clit.runtime.tensorrt.precision import network_ops, pin_fp32, select_fp32_layers  # noqa: E402
-from clit.train import load_model  # noqa: E402
 
 MODELS = ["edsr_lit_small", "edsr_clit2_small", "edsr_clit3_small", "rdn_clit2_small", "swinir_clit2_small"]
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """name -> (folder, manifest graph entries) with FP16 variants, exported once."""
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            if not (GOLDEN / f"{name}.pth").is_file():
-                pytest.skip(f"golden models not found at {GOLDEN}")
-            out = tmp_path_factory.mktemp(name)
-            cache[name] = (out, export_graphs(load_model(GOLDEN / f"{name}.pth"), out, precisions=("fp32", "fp16")))
-        return cache[name]
-
-    return get
 
 
 def coordinate_path(model: onnx.ModelProto) -> set:
@@ -69,10 +50,11 @@ def types(model: onnx.ModelProto) -> dict:
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_fp16_variants_keep_the_coordinate_path_fp32(exported, name):
+def test_fp16_variants_keep_the_coordinate_path_fp32(strong_fp16, name):
     """Every exported FP16 variant (EDSR, RDN, SwinIR; 1-3 branches): no FP16 tensor on the
     coordinate path, while the MLP and convolutions are FP16 (else FP16 would be pointless)."""
-    out, graphs = exported(name)
+    manifest = strong_fp16(name)
+    out, graphs = manifest.root, manifest.data["graphs"]
     checked = 0
     for g in graphs:
         full = onnx.load(str(out / g["file"]))
@@ -94,14 +76,15 @@ def test_fp16_variants_keep_the_coordinate_path_fp32(exported, name):
 
 @pytest.mark.parametrize("version", ["8.5", "8.6"])
 @pytest.mark.parametrize("name", ["edsr_lit_small", "edsr_clit3_small", "rdn_clit2_small"])
-def test_pinning_on_the_parsers_network(exported, name, version):
+def test_pinning_on_the_parsers_network(strong_fp16, name, version):
     """On the network the parser builds (multi-layer nodes, unnamed helpers, constants named
     after their initializers, identity or cast layers): every float layer of the coordinate
     path is pinned to FP32 whatever its name, and so are the casts that turn it into indices
     (precision only); no other integer/bool/shape layer is, and the pinned nodes are exactly
     the ONNX graph's FP32 region.  Name matching, as the first backend did, leaves some of
     those layers unpinned."""
-    out, graphs = exported(name)
+    manifest = strong_fp16(name)
+    out, graphs = manifest.root, manifest.data["graphs"]
     for g in graphs:
         if g["kind"] == "encoder":
             continue

@@ -12,9 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from conftest import DATA, GOLDEN
+from conftest import DATA
 from PIL import Image
 
 from clit.runtime.atomic import atomic_write, refuse_overlap, replace_dir
@@ -55,13 +54,6 @@ def model(tmp_path):
         pytest.skip("this installation has no bundled model")
     shutil.copytree(src, tmp_path / "model")
     return tmp_path / "model"
-
-
-@pytest.fixture
-def photo(tmp_path, rng):
-    path = tmp_path / "photo.png"
-    Image.fromarray(rng.integers(0, 256, (14, 18, 3), dtype=np.uint8)).save(path)
-    return path
 
 
 # ------------------------------------------------------------------ the rules themselves
@@ -175,18 +167,8 @@ def test_calibrate_with_a_bad_input_keeps_the_existing_output(model, tmp_path):
 
 
 # ------------------------------------------------------------------ clit-export
-@pytest.fixture
-def checkpoint(tmp_path):
-    pytest.importorskip("torch")
-    pytest.importorskip("onnx")
-    src = GOLDEN / "edsr_lit_small.pth"
-    if not src.is_file():
-        pytest.skip(f"golden models not found at {GOLDEN}")
-    shutil.copy(src, tmp_path / "ckpt.pth")
-    return tmp_path / "ckpt.pth"
-
-
-def test_export_force_replaces_model_directories_only(checkpoint, tmp_path):
+def test_export_force_replaces_model_directories_only(lit_checkpoint, tmp_path):
+    checkpoint = lit_checkpoint
     plain = tmp_path / "plain.txt"
     plain.write_text("not a model")
     done = cli("clit.export.cli", checkpoint, "-o", plain, "--force", "--no-parity")
