@@ -63,11 +63,15 @@ class RecordingRunner(OnnxRuntimeRunner):
 
 def collect_inputs(manifest: Manifest, folder: Path, scales, max_images: int, hr_crop: int,
                    per_graph: int = 16, max_queries: int = 4096) -> dict[str, list[dict]]:
-    """Each graph's real inputs from the FP32 pipeline on real images at ``scales``."""
+    """Each graph's real inputs from the FP32 pipeline on real images at ``scales``, run once
+    with the per-query and once with the grouped decoders, so that both have inputs whatever
+    the scales."""
     runner = RecordingRunner(manifest, per_graph, max_queries)
-    pipe = Pipeline(manifest, runner)
-    for case in make_cases(folder, scales, max_images, hr_crop):
-        pipe.upscale(case.lr, scale=case.scale)
+    cases = make_cases(folder, scales, max_images, hr_crop)
+    for grouping in ("off", "on"):
+        pipe = Pipeline(manifest, runner, grouping=grouping)
+        for case in cases:
+            pipe.upscale(case.lr, scale=case.scale)
     return runner.feeds
 
 

@@ -17,7 +17,7 @@ from clit.runtime.images import read_rgb
 from clit.runtime.manifest import FORMAT_VERSION, MANIFEST, load_manifest, sha256_file
 from clit.runtime.metrics import psnr
 from clit.runtime.onnx_backend import OnnxRuntimeRunner
-from clit.runtime.pipeline import DEFAULT_CHUNK, Pipeline
+from clit.runtime.pipeline import DEFAULT_CHUNK, DEFAULT_MIN_QUERIES_PER_PIXEL, Pipeline
 from clit.train.checkpoint import load_model_and_args
 
 from .audit import TARGETS, audit_file
@@ -33,12 +33,18 @@ PARITY_LR_FP16 = 12  # the reference evaluator is slow: a smaller crop for the F
 REPO_SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def max_safe_queries(base_dim: int, radius: int) -> int:
+def max_safe_queries(base_dim: int, radius: int, heads: int = 1, hidden: int = 0,
+                     min_queries_per_pixel: float = DEFAULT_MIN_QUERIES_PER_PIXEL) -> int:
     """Largest N keeping every decoder tensor below 2^31 elements.  Per query, the widest
-    tensors are the gathered keys and values and the MLP input, 49 x C each (the sinusoidal
-    encoding is taken per axis, 7 x enc_dims)."""
+    tensors of the per-query decoder are the gathered keys and values and the MLP input,
+    49 x C each (the sinusoidal encoding is taken per axis, 7 x enc_dims); the grouped
+    decoder's widest is T, 49 x heads x hidden per feature pixel, with at least
+    ``min_queries_per_pixel`` queries per pixel when it is used."""
     area = (2 * radius + 1) ** 2
-    return (2**31 - 1) // (area * base_dim)
+    limit = (2**31 - 1) // (area * base_dim)
+    if hidden:
+        limit = min(limit, int((2**31 - 1) // (area * heads * hidden) * min_queries_per_pixel))
+    return limit
 
 
 def default_parity_image() -> Path | None:
@@ -100,7 +106,9 @@ def run_parity(model, manifest, img: np.ndarray, precisions) -> list[dict]:
 
 def build_manifest(ckpt_path: Path, args: dict, model, graphs: list[dict], opset: int, max_queries: int,
                    precisions) -> dict:
-    safe = max_safe_queries(model.dim, model.r)
+    hidden = max(layer.out_features for net in model.imnets for layer in net.layers
+                 if isinstance(layer, torch.nn.Linear))
+    safe = max_safe_queries(model.dim, model.r, model.head, hidden)
     return {
         "format_version": FORMAT_VERSION,
         "source": {"checkpoint": ckpt_path.name, "path": str(ckpt_path.resolve()), "sha256": sha256_file(ckpt_path)},
@@ -109,6 +117,7 @@ def build_manifest(ckpt_path: Path, args: dict, model, graphs: list[dict], opset
         "radius": model.r,
         "base_dim": model.dim,
         "heads": model.head,
+        "mlp_hidden": hidden,  # widest MLP layer (the grouped decoder's T is 49 x heads x this per pixel)
         "window_size": model.window_size,
         "encoder_halo": encoder_halo(model),  # LR context per side for exact tiles; 0 = run whole
         "stage_base": STAGE_BASE,
@@ -120,6 +129,10 @@ def build_manifest(ckpt_path: Path, args: dict, model, graphs: list[dict], opset
         "fp16": {"tensorrt_8.5-10": "FP32 graph + BuilderFlag.FP16 + each graph's fp32_layers pinned to FP32",
                  "tensorrt_11_and_onnxruntime": "the graph's 'fp16' variant (explicitly mixed precision)"},
         "max_safe_queries": safe,
+        "decoder_grouping": {"min_queries_per_pixel": DEFAULT_MIN_QUERIES_PER_PIXEL,
+                             "rule": "a branch's queries of a tile go through its grouped decoder when on average at "
+                                     "least min_queries_per_pixel of them share a feature pixel, else the per-query "
+                                     "decoder (both exact; measured on ONNX Runtime CPU)"},
         "profiles": {
             "H": {"min": 1, "opt": 256, "max": 1024},
             "W": {"min": 1, "opt": 256, "max": 1024},

@@ -105,6 +105,16 @@ class AxisNeighbours(nn.Module):
         rel = (c.unsqueeze(1) - (centre.unsqueeze(1) + delta)) * n_f
         return nb, valid, rel
 
+    def around(self, g, c, n_f, centres, delta):
+        """The same for queries grouped by nearest pixel: ``g`` (G,) int32 the groups' nearest
+        pixels, ``c`` (G, M) their queries' coordinates -> neighbours and validity (G, side),
+        relative positions (G, M, side), with the same float32 operations."""
+        nb = g.unsqueeze(1) + self.steps
+        valid = (nb >= 0) & (nb < n_f.to(torch.int32))
+        centre = centres.index_select(0, _clamp(g, _dim(centres, 0) - 1))
+        rel = (c.unsqueeze(2) - (centre[:, None, None] + delta)) * n_f
+        return nb, valid, rel
+
 
 class RelativeBias(nn.Module):
     """The model's sinusoidal bias for rel = (rel_y, rel_x) given per axis as
@@ -147,15 +157,15 @@ class RelativeBias(nn.Module):
 class AttentionSoftmax(nn.Module):
     """Softmax over the neighbours of q.k / sqrt(d) + bias."""
 
-    def __init__(self, head_dim: int):
+    def __init__(self, head_dim: int, dim: int = 1):
         super().__init__()
-        self.scale = math.sqrt(head_dim)
+        self.scale, self.dim = math.sqrt(head_dim), dim
 
     def forward(self, logits, bias):
         logits = logits / self.scale
         if bias is not None:
             logits = logits + bias
-        return F.softmax(logits, dim=1)
+        return F.softmax(logits, dim=self.dim)
 
 
 class EncoderGraph(nn.Module):
@@ -234,3 +244,86 @@ class DecoderGraph(nn.Module):
         else:
             first = layers[0](feat_in)
         return layers[1:](first).unsqueeze(0)
+
+
+class GroupedDecoderGraph(nn.Module):
+    """Branch ``k``'s residual for a block of the output grid, with the first MLP layer
+    evaluated once per feature pixel (exact for any checkpoint).
+
+    With attention weights a[n, j, h] over the 7x7 neighbours j of query n's nearest pixel p
+    and values v, the first layer is ``b1 + sum_(j,h) a[n,j,h] T_p[j,h]`` with
+    ``T_p[j,h] = W1[:, (j,h)] @ v_(p+j)[h]``: T depends on p only, so it is computed once per
+    pixel (49 C hidden multiply-adds, one query's first layer) and each query then costs
+    49 x heads x hidden instead of 49 x C x hidden.
+
+    The block's queries are the rows ``yc`` x columns ``xc`` of the output grid.  The runtime
+    groups each axis by nearest pixel (:func:`clit.runtime.geometry.axis_groups`): ``gy``
+    (Gy,) the pixel rows, ``ry`` (Gy, My) the indices into ``yc`` of each group's rows (runs
+    padded by repeating their last row), likewise ``gx``, ``rx``; the groups are their
+    products (P = Gy Gx pixels, M = My Mx query slots each).  ``sel`` (N,) picks, for every
+    query of the block in row-major order, its slot, so the residual (1, N, 3) comes back in
+    that order.  The other inputs are the per-query decoder's.
+    """
+
+    def __init__(self, model: CLIT, k: int):
+        super().__init__()
+        self.model, self.k = model, k
+        self.neighbours = AxisNeighbours(model.r)
+        self.q_sample = Bilinear()
+        self.bias = RelativeBias(model.pb_encoder) if model.pb_encoder is not None else None
+        self.softmax = AttentionSoftmax(model.dim // model.head, dim=-1)
+        m = model
+        area, c, heads = (2 * m.r + 1) ** 2, m.dim, m.head
+        w1 = m.imnets[k].layers[0].weight  # (hidden, area * C [+ 2 cell columns])
+        hidden = w1.shape[0]
+        # (heads * area, dh, hidden): W1's block for head h and neighbour j (head-major), transposed
+        self.register_buffer("w1_blocks", w1[:, : area * c].detach().reshape(hidden, area, heads, c // heads)
+                             .permute(2, 1, 3, 0).reshape(heads * area, c // heads, hidden).contiguous(),
+                             persistent=False)
+
+    def forward(self, q_map, k_map, v_map, offset, size, rows, cols, drow, dcol, cell, yc, xc, gy, gx, ry, rx, sel):
+        m = self.model
+        heads, dh, c = m.head, m.dim // m.head, m.dim
+        side = 2 * m.r + 1
+        area = side * side
+        h_f, w_f = size[0], size[1]
+        my, mx = ry.shape[1], rx.shape[1]
+
+        cy, cx = yc.index_select(0, ry.reshape(-1)).reshape(ry.shape), xc.index_select(0, rx.reshape(-1)).reshape(rx.shape)
+        ny, valid_y, rel_y = self.neighbours.around(gy, cy, h_f, rows, drow)  # (Gy, 7), (Gy, 7), (Gy, My, 7)
+        nx, valid_x, rel_x = self.neighbours.around(gx, cx, w_f, cols, dcol)
+
+        # keys and values of each group pixel's neighbourhood: (P, area, C); zero padding by mask
+        ly = _clamp(ny - offset[0], _dim(v_map, 2) - 1)[:, None, :, None]
+        lx = _clamp(nx - offset[1], _dim(v_map, 3) - 1)[None, :, None, :]
+        key = _gather(k_map[0], ly, lx).reshape(-1, area, heads, dh)
+        # values head-major, (heads, area * P, dh), gathered from the window laid out (heads, pixels, dh):
+        # the T products below then read them without a transpose of the gathered (P, area, C) block
+        flat = (ly * _dim(v_map, 3) + lx).permute(2, 3, 0, 1).reshape(-1)  # (area * P,) neighbour-major
+        val = v_map[0].reshape(heads, dh, -1).transpose(1, 2).index_select(1, flat)
+        mask = (valid_y[:, None, :, None] & valid_x[None, :, None, :]).to(v_map.dtype).reshape(-1, 1, 1, area)
+
+        # q at every query slot: (Gy, My, Gx, Mx, C) -> (P, heads, M, dh)
+        q = self.q_sample(q_map[0], cy[:, :, None, None], cx[None, None, :, :], h_f, w_f, offset[0], offset[1])
+        q = q.permute(0, 2, 1, 3, 4).reshape(-1, my * mx, heads, dh).permute(0, 2, 1, 3)
+        logits = torch.matmul(q, key.permute(0, 2, 3, 1)) * mask  # (P, heads, M, area)
+        bias = None
+        if self.bias is not None:
+            by = self.bias._axis(rel_y, self.bias.freq_y, self.bias.cols_y)  # (Gy, My, side, heads)
+            bx = self.bias._axis(rel_x, self.bias.freq_x, self.bias.cols_x) + self.bias.pb.proj.bias
+            by = by.permute(0, 3, 1, 2)[:, None, :, :, None, :, None]  # (Gy, 1, heads, My, 1, side, 1)
+            bx = bx.permute(0, 3, 1, 2)[None, :, :, None, :, None, :]  # (1, Gx, heads, 1, Mx, 1, side)
+            bias = (by + bx).reshape(-1, heads, my * mx, area)
+        attn = self.softmax(logits, bias) * mask  # (P, heads, M, area)
+
+        # T_p = W1 blocks @ values: (heads * area, P, dh) @ (heads * area, dh, hidden) -> (P, heads * area, hidden)
+        t = torch.matmul(val.reshape(heads * area, -1, dh), self.w1_blocks).permute(1, 0, 2)
+        weights = attn.permute(0, 2, 1, 3).reshape(-1, my * mx, heads * area)  # (P, M, heads * area)
+        layers = m.imnets[self.k].layers
+        b1 = layers[0].bias
+        if m.is_cell:  # the cell columns of the first layer, folded into its bias (as DecoderGraph)
+            b1 = b1 + torch.matmul(cell * size, layers[0].weight[:, area * c:].t())
+        hidden = self.w1_blocks.shape[-1]  # a constant: reading t's shape would keep t's transpose alive
+        first = (torch.matmul(weights, t) + b1).reshape(-1, hidden)  # (P * M, hidden)
+        return layers[1:](first.index_select(0, sel)).unsqueeze(0)
+

@@ -15,14 +15,14 @@ import numpy as np
 import onnx
 import torch
 
-from clit.runtime.geometry import pixel_centres
+from clit.runtime.geometry import block_groups, pixel_centres
 from clit.runtime.manifest import sha256_file
 from clit.train.model import CLIT
 
-from .graphs import BranchGraph, DecoderGraph, EncoderGraph
+from .graphs import BranchGraph, DecoderGraph, EncoderGraph, GroupedDecoderGraph
 from .precision import fp32_nodes, to_mixed_fp16
 
-GRAPHS = {"branch": BranchGraph, "decoder": DecoderGraph}
+GRAPHS = {"branch": BranchGraph, "decoder": DecoderGraph, "grouped": GroupedDecoderGraph}
 OPSET_DEFAULT = 17
 OPSETS_ALLOWED = (16, 17, 18, 19)
 PRECISIONS = ("fp32", "fp16")
@@ -98,6 +98,17 @@ def graph_specs(model: CLIT) -> list[GraphSpec]:
              ("coord", "float32", (1, "N", 2)), ("cell", "float32", (2,))),
             (("residual", "float32", (1, "N", 3)),),
         ))
+    for k in range(model.n_branches):
+        specs.append(GraphSpec(
+            "grouped", k, f"decoder{k + 1}.grouped.onnx",
+            (*[(n, "float32", (1, c, "hq", "wq")) for n in ("q", "k", "v")],
+             ("offset", "int32", (2,)), ("size", "float32", (2,)),
+             ("rows", "float32", ("h",)), ("cols", "float32", ("w",)),
+             ("drow", "float32", (side,)), ("dcol", "float32", (side,)), ("cell", "float32", (2,)),
+             ("yc", "float32", ("R",)), ("xc", "float32", ("S",)), ("gy", "int32", ("Gy",)), ("gx", "int32", ("Gx",)),
+             ("ry", "int32", ("Gy", "My")), ("rx", "int32", ("Gx", "Mx")), ("sel", "int32", ("N",))),
+            (("residual", "float32", (1, "N", 3)),),
+        ))
     return specs
 
 
@@ -114,11 +125,16 @@ def _example_inputs(model: CLIT, spec: GraphSpec) -> tuple:
                 torch.from_numpy(pixel_centres(23)), torch.from_numpy(pixel_centres(29)))
     h, w = 19, 21
     steps = np.arange(-r, r + 1, dtype=np.float32)
+    common = (*[torch.rand(1, c, h, w, generator=g) for _ in range(3)], torch.tensor([0, 0], dtype=torch.int32),
+              torch.tensor([float(h), float(w)]), torch.from_numpy(pixel_centres(h)), torch.from_numpy(pixel_centres(w)),
+              torch.from_numpy(steps * np.float32(2 / h)), torch.from_numpy(steps * np.float32(2 / w)))
+    if spec.kind == "grouped":  # a block of an anisotropic grid (x2.3 by x4.6): runs of 2-3 rows, 4-5 columns
+        out_h, out_w = round(h * 2.3), round(w * 4.6)
+        block = block_groups(pixel_centres(out_h)[3:14], pixel_centres(out_w)[2:15], (h, w))
+        return (*common, torch.tensor([2 / out_h, 2 / out_w]),
+                *[torch.from_numpy(block[n]) for n in ("yc", "xc", "gy", "gx", "ry", "rx", "sel")])
     coord = torch.rand(1, 37, 2, generator=g) * 2 - 1
-    return (*[torch.rand(1, c, h, w, generator=g) for _ in range(3)], torch.tensor([0, 0], dtype=torch.int32),
-            torch.tensor([float(h), float(w)]), torch.from_numpy(pixel_centres(h)), torch.from_numpy(pixel_centres(w)),
-            torch.from_numpy(steps * np.float32(2 / h)), torch.from_numpy(steps * np.float32(2 / w)),
-            coord, torch.tensor([2 / 61, 2 / 67]))
+    return (*common, coord, torch.tensor([2 / 61, 2 / 67]))
 
 
 @contextmanager

@@ -71,6 +71,34 @@ def nearest_index(coord: np.ndarray, n: int) -> np.ndarray:
     return np.rint(unnormalize(coord, n)).astype(np.int64)
 
 
+def axis_groups(coords: np.ndarray, n: int):
+    """Queries along one axis grouped by their nearest pixel (of an axis of length ``n``):
+    ``coords`` ascending -> ``(pixels, runs, group, slot)``: ``pixels`` (G,) int32 the groups'
+    nearest pixels, ``runs`` (G, M) int32 the indices into ``coords`` of each group's queries
+    (M the longest run; shorter runs repeat their last index), and per query its group and
+    its slot in the run.  Same nearest pixel as :func:`nearest_index` (ties to even)."""
+    idx = nearest_index(coords, n)
+    starts = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]])
+    lengths = np.diff(np.r_[starts, len(idx)])
+    runs = starts[:, None] + np.minimum(np.arange(int(lengths.max()))[None, :], lengths[:, None] - 1)
+    group = np.repeat(np.arange(len(starts)), lengths)
+    slot = np.arange(len(idx)) - np.repeat(starts, lengths)
+    return idx[starts].astype(np.int32), runs.astype(np.int32), group, slot
+
+
+def block_groups(rows: np.ndarray, cols: np.ndarray, grid) -> dict:
+    """The grouped decoder's inputs for the block ``rows x cols`` (ascending output coordinates)
+    on a feature grid ``(gh, gw)``: per axis the groups' nearest pixels and runs
+    (:func:`axis_groups`), and ``sel``, for every query of the block in row-major order, its
+    slot in the (Gy, Gx, My, Mx) group layout."""
+    gy, ry, grp_r, slot_r = axis_groups(rows, grid[0])
+    gx, rx, grp_c, slot_c = axis_groups(cols, grid[1])
+    my, mx = ry.shape[1], rx.shape[1]
+    sel = ((grp_r[:, None] * len(gx) + grp_c[None, :]) * my + slot_r[:, None]) * mx + slot_c[None, :]
+    return {"yc": np.ascontiguousarray(rows, dtype=np.float32), "xc": np.ascontiguousarray(cols, dtype=np.float32),
+            "gy": gy, "gx": gx, "ry": ry, "rx": rx, "sel": sel.reshape(-1).astype(np.int32)}
+
+
 def stage_plan(scale: float, base: float = STAGE_BASE) -> list[float]:
     """Per-stage scales for one axis (official ``sample_system_scale``).
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: grouped decoders (decoder<k>.grouped.onnx) and the decoder_grouping rule
 MANIFEST = "manifest.json"
 
 
@@ -80,7 +80,7 @@ class Manifest:
 
 
 _HEX = set("0123456789abcdef")
-GRAPH_KINDS = ("encoder", "branch", "decoder")
+GRAPH_KINDS = ("encoder", "branch", "decoder", "grouped")
 REEXPORT = "re-export it with clit-export CHECKPOINT -o MODEL_DIR"
 
 
@@ -117,7 +117,8 @@ def _check_schema(path: Path, data) -> None:
         for precision, v in (g.get("variants") or {}).items():
             need(v, "file", str, f"{where}variants.{precision}.")
             need(v, "sha256", str, f"{where}variants.{precision}.", lambda x: len(x) == 64 and set(x) <= _HEX)
-    wanted = {("encoder", 0)} | {("decoder", k) for k in range(n)} | {("branch", k) for k in range(1, n)}
+    wanted = ({("encoder", 0)} | {("decoder", k) for k in range(n)} | {("grouped", k) for k in range(n)}
+              | {("branch", k) for k in range(1, n)})
     missing = sorted(wanted - seen)
     if missing:
         kind, k = missing[0]
@@ -142,7 +143,8 @@ def load_manifest(model_dir: str | Path, verify: bool = True) -> Manifest:
     version = data.get("format_version") if isinstance(data, dict) else None
     if version != FORMAT_VERSION:
         raise ModelDirError(f"{path}: format version {version!r}, this clit reads version {FORMAT_VERSION} "
-                            f"({REEXPORT})")
+                            f"({'made by an earlier clit: ' if isinstance(version, int) and version < FORMAT_VERSION else ''}"
+                            f"{REEXPORT})")
     _check_schema(path, data)
     manifest = Manifest(root, data)
     inside = root.resolve()

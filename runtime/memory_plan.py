@@ -34,6 +34,7 @@ from .manifest import Manifest
 
 GIB = 1 << 30
 DECODER_TENSORS = 6
+GROUPED_TENSORS = 8  # N x 49 x heads float32 tensors of the grouped decoder (logits, bias, weights; padded slots)
 OUTPUT_COPIES = 2  # the output array and the image encoder's copy of it (OpenCV's BGR, Pillow's)
 MAP_TENSORS = 16  # C-channel float32 tensors per grid pixel of a branch window
 MAX_WINDOW = 512  # grid pixels a side of a branch window before the plan tiles for speed
@@ -83,9 +84,19 @@ def memory_budget(limit: int | None = None, used: int | None = None) -> int:
 
 
 def decoder_bytes(manifest: Manifest, chunk: int) -> int:
-    """Arena of one decoder session for chunks of ``chunk`` queries."""
+    """Arena of one branch's decoder sessions for chunks of ``chunk`` queries: the larger of the
+    per-query decoder's (``DECODER_TENSORS`` x N x 49 x C) and the grouped decoder's (T, 49 x
+    heads x hidden per feature pixel, with at least the manifest's queries per pixel, plus
+    the attention tensors, ``GROUPED_TENSORS`` x N x 49 x heads); a tile uses one or the other."""
     area = (2 * manifest.radius + 1) ** 2
-    return DECODER_TENSORS * chunk * area * int(manifest.data["base_dim"]) * 4
+    c = int(manifest.data["base_dim"])
+    per_query = DECODER_TENSORS * chunk * area * c * 4
+    hidden, heads = int(manifest.data.get("mlp_hidden", 0)), int(manifest.data.get("heads", 1))
+    if not hidden:
+        return per_query
+    qpp = float(manifest.data.get("decoder_grouping", {}).get("min_queries_per_pixel", 3.0))
+    grouped = int(chunk * area * 4 * (heads * hidden / qpp + GROUPED_TENSORS * heads + 2 * c / qpp))
+    return max(per_query, grouped)
 
 
 def tile_bytes(manifest: Manifest, plan: CascadePlan, tile: int) -> int:

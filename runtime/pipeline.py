@@ -23,6 +23,8 @@ from .geometry import (
     NORM_MEAN,
     NORM_STD,
     CascadePlan,
+    block_groups,
+    nearest_index,
     pixel_centres,
     plan_cascade,
     unnormalize,
@@ -32,6 +34,37 @@ from .manifest import Manifest
 from .tiling import Span, bilinear_span, centres, grow, neighbourhood_span, tile_spans, union
 
 DEFAULT_CHUNK = 8192  # queries per decoder run: ONNX Runtime keeps each session's peak (benchmarks/memory.py)
+# the grouped decoder pays off when this many queries share a feature pixel on average (measured on
+# ONNX Runtime CPU, benchmarks/fast_decoder.py); clit-export records it in the manifest
+DEFAULT_MIN_QUERIES_PER_PIXEL = 3.0
+
+
+def group_blocks(rows: np.ndarray, cols: np.ndarray, grid, chunk: int) -> list:
+    """Blocks (row span, col span) of the ``rows x cols`` queries of a tile for the grouped
+    decoder: at most ``chunk`` queries each (or one run of rows by one run of columns, when a
+    single group is larger), cut only between runs of rows/columns sharing a feature pixel, so
+    that no pixel's first-layer products are computed twice in a block."""
+    def runs(coords, n):
+        idx = nearest_index(coords, n)
+        starts = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]])
+        return list(zip(starts, np.r_[starts[1:], len(idx)]))
+
+    def pack(spans, limit):  # consecutive runs, as many as fit in ``limit`` items (at least one)
+        out, start, end = [], spans[0][0], spans[0][0]
+        for a, b in spans:
+            if b - start > limit and end > start:
+                out.append((int(start), int(end)))
+                start = a
+            end = b
+        out.append((int(start), int(end)))
+        return out
+
+    row_runs, col_runs = runs(rows, grid[0]), runs(cols, grid[1])
+    longest_rows = max(b - a for a, b in row_runs)
+    blocks = []
+    for c0, c1 in pack(col_runs, max(1, chunk // longest_rows)):
+        blocks += [(rs, (c0, c1)) for rs in pack(row_runs, max(1, chunk // (c1 - c0)))]
+    return blocks
 
 
 class GraphRunner(Protocol):
@@ -65,8 +98,12 @@ class Pipeline:
     """Runs a model directory's graphs (``precision`` 'fp32' or an exported variant such as
     'fp16') through ``runner``; see module docstring."""
 
-    def __init__(self, manifest: Manifest, runner: GraphRunner, precision: str = "fp32"):
-        self.manifest, self.runner, self.precision = manifest, runner, precision
+    def __init__(self, manifest: Manifest, runner: GraphRunner, precision: str = "fp32", grouping: str = "auto"):
+        if grouping not in ("auto", "on", "off"):
+            raise ValueError(f"grouping must be auto, on or off, got {grouping!r}")
+        self.manifest, self.runner, self.precision, self.grouping = manifest, runner, precision, grouping
+        rule = manifest.data.get("decoder_grouping", {})
+        self.min_queries_per_pixel = float(rule.get("min_queries_per_pixel", DEFAULT_MIN_QUERIES_PER_PIXEL))
         self.timings: dict[str, float] = defaultdict(float)  # seconds per stage, summed over calls
         self.on_tile: Callable[[int, int], None] | None = None  # progress: (tiles done, tiles total)
         self.last_tiling: tuple[int | None, int] | None = None  # (tile, chunk) of the last upscale
@@ -121,6 +158,31 @@ class Pipeline:
                  "coord": coord[None], "cell": cell}
         with self._timed(f"branch {k + 1} decoder"):
             return self.runner.run(self._file("decoder", k), feeds)[0][0]
+
+    def decode_grouped(self, k: int, maps, grid, rows: np.ndarray, cols: np.ndarray, cell: np.ndarray,
+                       offset=(0, 0)) -> np.ndarray:
+        """Residual (R * S, 3), row-major, of branch ``k`` at the block ``rows x cols`` of
+        output coordinates, through the grouped decoder (the first MLP layer once per feature
+        pixel; :class:`clit.export.graphs.GroupedDecoderGraph`)."""
+        gh, gw = grid
+        r = self.manifest.radius
+        feeds = {"q": maps[0], "k": maps[1], "v": maps[2], "offset": np.asarray(offset, dtype=np.int32),
+                 "size": np.array([gh, gw], dtype=np.float32), "rows": pixel_centres(gh),
+                 "cols": pixel_centres(gw), "drow": neighbour_offsets(gh, r), "dcol": neighbour_offsets(gw, r),
+                 "cell": cell, **block_groups(rows, cols, grid)}
+        with self._timed(f"branch {k + 1} decoder"):
+            return self.runner.run(self._file("grouped", k), feeds)[0][0]
+
+    def use_grouped(self, k: int, rows: np.ndarray, cols: np.ndarray, grid) -> bool:
+        """Whether branch ``k`` evaluates the queries ``rows x cols`` with the grouped decoder:
+        per the manifest's rule (``decoder_grouping``: at least ``min_queries_per_pixel``
+        queries share a feature pixel on average), or as :attr:`grouping` forces."""
+        if self.grouping == "off" or ("grouped", k) not in self._files:
+            return False
+        if self.grouping == "on":
+            return True
+        pixels = len(np.unique(nearest_index(rows, grid[0]))) * len(np.unique(nearest_index(cols, grid[1])))
+        return len(rows) * len(cols) >= self.min_queries_per_pixel * pixels
 
     def upscale(self, img: np.ndarray, scale=None, size=None, chunk: int = DEFAULT_CHUNK,
                 tile: int | None = None, sink: Sink | None = None) -> np.ndarray | None:
@@ -212,6 +274,14 @@ class Pipeline:
                 maps, offset = maps0, origin
             else:
                 maps, offset = self.branch_maps(feat, origin, k, grid, (h, w), gy, gx), (gy[0], gx[0])
+            if self.use_grouped(k, rows, cols, grid):
+                block = acc.reshape(len(rows), len(cols), 3)
+                for (r0, r1), (c0, c1) in group_blocks(rows, cols, grid, chunk):
+                    res = self.decode_grouped(k, maps, grid, rows[r0:r1], cols[c0:c1], plan.cell, offset)
+                    res = res.reshape(r1 - r0, c1 - c0, 3)
+                    dst = block[r0:r1, c0:c1]
+                    dst[...] = res if k == 0 else res + dst * np.float32(CASCADE_DISCOUNT)
+                continue
             for start in range(0, n, chunk):
                 stop = min(start + chunk, n)
                 res = self.decode(k, maps, grid, coord[start:stop], plan.cell, offset)

@@ -208,7 +208,10 @@ def test_audit_checks_outputs_restrictions_and_data_dependent_shapes():
 def test_graph_interfaces_are_dynamic(golden_dir):
     model = load_model(golden_dir / "edsr_clit3_small.pth")
     specs = {(s.kind, s.branch): s for s in graph_specs(model)}
-    assert set(specs) == {("encoder", 0), ("branch", 1), ("branch", 2), ("decoder", 0), ("decoder", 1), ("decoder", 2)}
+    assert set(specs) == {("encoder", 0), ("branch", 1), ("branch", 2), ("decoder", 0), ("decoder", 1), ("decoder", 2),
+                          ("grouped", 0), ("grouped", 1), ("grouped", 2)}
+    grouped = dict((n, shape) for n, _, shape in specs[("grouped", 1)].inputs)
+    assert grouped["ry"] == ("Gy", "My") and grouped["sel"] == ("N",) and grouped["yc"] == ("R",)
     coord = dict((n, shape) for n, _, shape in specs[("decoder", 2)].inputs)["coord"]
     assert coord == (1, "N", 2)
     assert max_safe_queries(256, 3) * 49 * 256 < 2**31 <= (max_safe_queries(256, 3) + 1) * 49 * 256

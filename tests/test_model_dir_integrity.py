@@ -69,6 +69,8 @@ def test_swapped_graphs_are_refused(model, tmp_path):
     (lambda d: d.update(graphs=[g for g in d["graphs"] if g["file"] != "decoder2.onnx"]), "no decoder graph for branch 2"),
     (lambda d: d["graphs"][0].update(file="../../etc/passwd"), "outside the model directory"),
     (lambda d: d.update(format_version=FORMAT_VERSION + 1), "format version"),
+    (lambda d: d.update(format_version=1), "made by an earlier clit: re-export it with clit-export"),
+    (lambda d: d.update(graphs=[g for g in d["graphs"] if g["kind"] != "grouped"]), "no grouped graph for branch 1"),
 ])
 def test_manifest_schema_errors_are_one_line(model, tmp_path, change, message):
     edit_manifest(model, change)

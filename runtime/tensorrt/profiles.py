@@ -65,10 +65,15 @@ def dim_ranges(manifest: Manifest, graph: GraphEntry, limits: BuildLimits) -> di
     if graph.kind == "branch":
         return {"hf": (1, opt, enc), "wf": (1, opt, enc), "Hw": (1, min(opt, win), win),
                 "Ww": (1, min(opt, win), win)}
-    if graph.kind == "decoder":
-        return {"hq": (1, min(opt, win), win), "wq": (1, min(opt, win), win), "h": (1, min(opt, table), table),
-                "w": (1, min(opt, table), table), "N": (1, min(limits.opt_queries, limits.max_queries),
-                                                       limits.max_queries)}
+    queries = (1, min(limits.opt_queries, limits.max_queries), limits.max_queries)
+    if graph.kind in ("decoder", "grouped"):
+        dims = {"hq": (1, min(opt, win), win), "wq": (1, min(opt, win), win), "h": (1, min(opt, table), table),
+                "w": (1, min(opt, table), table), "N": queries}
+        if graph.kind == "grouped":  # a block's rows, columns, groups per axis and the longest run
+            run = int(STAGE_BASE ** (manifest.n_branches - k)) + 1  # output pixels per grid pixel, + a rounding
+            side = (1, min(128, limits.max_queries), limits.max_queries)
+            dims.update(R=side, S=side, Gy=side, Gx=side, My=(1, min(4, run), run), Mx=(1, min(4, run), run))
+        return dims
     raise ModelDirError(f"unknown graph kind {graph.kind!r}")
 
 
@@ -91,7 +96,8 @@ def input_profiles(manifest: Manifest, graph: GraphEntry, limits: BuildLimits) -
 # the clit-build option that bounds each symbolic dimension (see dim_ranges)
 LIMIT_OPTION = {"H": "--max-lr", "W": "--max-lr", "hf": "--max-lr", "wf": "--max-lr", "Hw": "--max-lr",
                 "Ww": "--max-lr", "hq": "--max-lr", "wq": "--max-lr", "h": "--max-image", "w": "--max-image",
-                "N": "--max-queries"}
+                "N": "--max-queries", "R": "--max-queries", "S": "--max-queries", "Gy": "--max-queries",
+                "Gx": "--max-queries"}
 
 
 def outside_profile(manifest: Manifest, graph: GraphEntry, limits: BuildLimits, name: str, shape) -> str | None:

@@ -1,0 +1,135 @@
+"""The grouped decoder (first MLP layer once per feature pixel): exact against the official
+outputs and the per-query decoder, whole and tiled, at every scale kind; and the runtime's
+grouping of a tile's queries (blocks, runs, slots)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import GOLDEN, GOLDEN_WEAK, golden_index, scale_key
+
+from clit.runtime.geometry import axis_groups, block_groups, nearest_index, pixel_centres
+from clit.runtime.pipeline import group_blocks
+
+TOL_OFFICIAL = 1e-4  # max abs against the official outputs (observed <= 3e-7)
+TOL_OLD = 1e-5  # max abs against the per-query decoder (observed <= 2e-7)
+
+
+def test_axis_groups_and_slots(rng):
+    for n, out in [(19, 44), (7, 7), (5, 23), (40, 61)]:
+        coords = pixel_centres(out)[rng.integers(0, 5):]
+        pixels, runs, group, slot = axis_groups(coords, n)
+        idx = nearest_index(coords, n)
+        assert np.array_equal(pixels[group], idx)  # every query's group has its nearest pixel
+        assert np.array_equal(runs[group, slot], np.arange(len(coords)))  # and its slot points back at it
+        assert np.all(np.diff(pixels) > 0) and np.all(idx[runs] == pixels[:, None])  # padding repeats the run
+
+
+def test_block_sel_puts_every_query_in_its_slot(rng):
+    grid, out = (13, 17), (41, 30)
+    rows, cols = pixel_centres(out[0])[3:29], pixel_centres(out[1])[1:22]
+    b = block_groups(rows, cols, grid)
+    gy, gx, my, mx = len(b["gy"]), len(b["gx"]), b["ry"].shape[1], b["rx"].shape[1]
+    slot = np.unravel_index(b["sel"], (gy, gx, my, mx))
+    r = b["ry"][slot[0], slot[2]]
+    c = b["rx"][slot[1], slot[3]]
+    want_r, want_c = np.meshgrid(np.arange(len(rows)), np.arange(len(cols)), indexing="ij")
+    assert np.array_equal(r, want_r.ravel()) and np.array_equal(c, want_c.ravel())
+
+
+@pytest.mark.parametrize("chunk", [1, 50, 300, 100000])
+def test_group_blocks_cover_each_query_once_between_runs(chunk):
+    grid, out = (11, 9), (70, 45)
+    rows, cols = pixel_centres(out[0])[2:60], pixel_centres(out[1])[4:41]
+    covered = np.zeros((len(rows), len(cols)), int)
+    row_cuts = set(np.flatnonzero(np.diff(nearest_index(rows, grid[0]))) + 1) | {0, len(rows)}
+    col_cuts = set(np.flatnonzero(np.diff(nearest_index(cols, grid[1]))) + 1) | {0, len(cols)}
+    for (r0, r1), (c0, c1) in group_blocks(rows, cols, grid, chunk):
+        covered[r0:r1, c0:c1] += 1
+        assert {r0, r1} <= row_cuts and {c0, c1} <= col_cuts  # cut between runs only
+        single_group = len(set(nearest_index(rows[r0:r1], grid[0]))) == 1 and len(set(nearest_index(cols[c0:c1], grid[1]))) == 1
+        assert (r1 - r0) * (c1 - c0) <= chunk or single_group
+    assert (covered == 1).all()
+
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+from clit.export.onnx_export import encoder_halo, export_graphs  # noqa: E402
+from clit.runtime.manifest import FORMAT_VERSION, Manifest  # noqa: E402
+from clit.runtime.onnx_backend import OnnxRuntimeRunner  # noqa: E402
+from clit.runtime.pipeline import Pipeline  # noqa: E402
+from clit.train import load_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    cache = {}
+
+    def get(root, name):
+        if (root, name) not in cache:
+            model = load_model(root / f"{name}.pth")
+            out = tmp_path_factory.mktemp(name)
+            graphs = export_graphs(model, out)
+            manifest = Manifest(out, {"format_version": FORMAT_VERSION, "n_branches": model.n_branches,
+                                      "radius": model.r, "window_size": model.window_size,
+                                      "encoder_halo": encoder_halo(model), "graphs": graphs})
+            cache[(root, name)] = (model, manifest, OnnxRuntimeRunner(manifest))
+        return cache[(root, name)]
+
+    return get
+
+
+CASES = [pytest.param(root, name, s, id=f"{root.name}-{name}-{s}")
+         for root in (GOLDEN, GOLDEN_WEAK) for name, info in golden_index(root).items() for s in info["scales"]]
+
+
+@pytest.mark.parametrize("root, name, scale", CASES or [pytest.param(None, None, None, marks=pytest.mark.skip(
+    reason=f"golden outputs not found at {GOLDEN}"))])
+def test_grouped_reproduces_every_golden(exported, root, name, scale):
+    """Every golden output (strong and first set) through the grouped decoders, whatever the
+    rule would pick: within 1e-4 of the official outputs and 1e-5 of the per-query decoders."""
+    _, manifest, runner = exported(root, name)
+    ref = np.load(root / f"{name}.npz")
+    img = ref["lr"][0].transpose(1, 2, 0)
+    grouped = Pipeline(manifest, runner, grouping="on").upscale(img, scale=scale, chunk=1499)
+    per_query = Pipeline(manifest, runner, grouping="off").upscale(img, scale=scale, chunk=1499)
+    expected = ref[f"s{scale_key(scale)}"]
+    assert grouped.shape == expected.shape and np.isfinite(grouped).all()
+    assert np.abs(grouped - expected).max() <= TOL_OFFICIAL
+    assert np.abs(grouped - per_query).max() <= TOL_OLD
+
+
+SCALES = [1.5, 2, 2.5, 3.7, 4, 6, 12, 18, (2, 3.5)]
+
+
+@pytest.mark.parametrize("name", ["edsr_clit3_small", "swinir_clit2_small"])
+def test_grouped_equals_per_query_at_every_scale_kind(exported, name, rng):
+    """x1.5 ... x18, anisotropic 2x3.5 and an exact size, whole and tiled (tiles not dividing
+    the image): grouped == per-query within 1e-5, and == the PyTorch model within 1e-4."""
+    model, manifest, runner = exported(GOLDEN, name)
+    img = np.load(GOLDEN / f"{name}.npz")["lr"][0].transpose(1, 2, 0)[:12, :15]
+    on, off = Pipeline(manifest, runner, grouping="on"), Pipeline(manifest, runner, grouping="off")
+    cases = [{"scale": s} for s in SCALES if max(np.atleast_1d(s)) <= 4 ** model.n_branches] + [{"size": (47, 61)}]
+    for kw in cases:
+        want = off.upscale(img, **kw)
+        for tile in (None, 5):
+            got = on.upscale(img, tile=tile, chunk=613, **kw)
+            assert got.shape == want.shape and np.abs(got - want).max() <= TOL_OLD, (kw, tile)
+        with torch.no_grad():
+            ref = model.upscale(torch.from_numpy(img.transpose(2, 0, 1).copy())[None], **kw)[0].permute(1, 2, 0)
+        assert np.abs(got - ref.numpy()).max() <= TOL_OFFICIAL, kw
+
+
+def test_the_rule_picks_the_cheaper_formulation(exported, rng):
+    """auto: grouped where many queries share a pixel (x4: 16 per pixel), per-query where few do
+    (x1.2: 1.44); the manifest's threshold decides."""
+    _, manifest, runner = exported(GOLDEN, "edsr_lit_small")
+    pipe = Pipeline(manifest, runner)
+    rows4, cols4 = pixel_centres(76)[:40], pixel_centres(104)[:40]
+    rows12, cols12 = pixel_centres(23)[:20], pixel_centres(31)[:20]
+    assert pipe.use_grouped(0, rows4, cols4, (19, 26)) and not pipe.use_grouped(0, rows12, cols12, (19, 26))
+    strict = Pipeline(Manifest(manifest.root, {**manifest.data, "decoder_grouping": {"min_queries_per_pixel": 20}}),
+                      runner)
+    assert not strict.use_grouped(0, rows4, cols4, (19, 26))
+    with pytest.raises(ValueError, match="grouping"):
+        Pipeline(manifest, runner, grouping="sometimes")
