@@ -161,7 +161,7 @@ def calibrate(model_dir: Path, out: Path, folder: Path, scales=(2.0, 4.0, 8.0), 
             src = tmp / g["file"]
             dst = src.with_name(src.stem + ".int8.onnx")
             exclude = list(g.get("fp32_layers", [])) + list(keep_fp32)
-            if g["kind"] == "decoder":
+            if g["kind"] in ("decoder", "grouped"):  # the output layer stays in float
                 exclude += last_linear(src)
             if g["file"] not in feeds:
                 raise RuntimeError(f"{g['file']} never ran on the calibration images (add scales that use it)")
