@@ -17,7 +17,13 @@ from clit.runtime.images import read_rgb
 from clit.runtime.manifest import FORMAT_VERSION, MANIFEST, load_manifest, sha256_file
 from clit.runtime.metrics import psnr
 from clit.runtime.onnx_backend import OnnxRuntimeRunner
-from clit.runtime.pipeline import DEFAULT_CHUNK, DEFAULT_MIN_QUERIES_PER_PIXEL, Pipeline
+from clit.runtime.pipeline import (
+    DEFAULT_CHUNK,
+    DEFAULT_MAX_GROUPS,
+    DEFAULT_MAX_RUN,
+    DEFAULT_MIN_QUERIES_PER_PIXEL,
+    Pipeline,
+)
 from clit.train.checkpoint import load_model_and_args
 
 from .audit import TARGETS, audit_file
@@ -129,10 +135,12 @@ def build_manifest(ckpt_path: Path, args: dict, model, graphs: list[dict], opset
         "fp16": {"tensorrt_8.5-10": "FP32 graph + BuilderFlag.FP16 + each graph's fp32_layers pinned to FP32",
                  "tensorrt_11_and_onnxruntime": "the graph's 'fp16' variant (explicitly mixed precision)"},
         "max_safe_queries": safe,
-        "decoder_grouping": {"min_queries_per_pixel": DEFAULT_MIN_QUERIES_PER_PIXEL,
+        "decoder_grouping": {"min_queries_per_pixel": DEFAULT_MIN_QUERIES_PER_PIXEL, "max_run": DEFAULT_MAX_RUN,
+                             "max_groups": DEFAULT_MAX_GROUPS,
                              "rule": "a branch's queries of a tile go through its grouped decoder when on average at "
                                      "least min_queries_per_pixel of them share a feature pixel, else the per-query "
-                                     "decoder (both exact; measured on ONNX Runtime CPU)"},
+                                     "decoder (both exact; measured on ONNX Runtime CPU); blocks hold at most "
+                                     "max_groups groups per axis of at most max_run queries per axis"},
         "profiles": {
             "H": {"min": 1, "opt": 256, "max": 1024},
             "W": {"min": 1, "opt": 256, "max": 1024},

@@ -71,28 +71,35 @@ def nearest_index(coord: np.ndarray, n: int) -> np.ndarray:
     return np.rint(unnormalize(coord, n)).astype(np.int64)
 
 
-def axis_groups(coords: np.ndarray, n: int):
+def axis_groups(coords: np.ndarray, n: int, max_run: int | None = None):
     """Queries along one axis grouped by their nearest pixel (of an axis of length ``n``):
     ``coords`` ascending -> ``(pixels, runs, group, slot)``: ``pixels`` (G,) int32 the groups'
     nearest pixels, ``runs`` (G, M) int32 the indices into ``coords`` of each group's queries
     (M the longest run; shorter runs repeat their last index), and per query its group and
-    its slot in the run.  Same nearest pixel as :func:`nearest_index` (ties to even)."""
+    its slot in the run.  Same nearest pixel as :func:`nearest_index` (ties to even).  With
+    ``max_run``, longer runs are split into near-equal parts of at most that many queries (a
+    pixel then heads several groups)."""
     idx = nearest_index(coords, n)
     starts = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]])
     lengths = np.diff(np.r_[starts, len(idx)])
+    if max_run is not None and lengths.max() > max_run:
+        parts = -(-lengths // max_run)  # ceil: pieces per run
+        sizes = np.concatenate([np.diff(np.linspace(0, L, k + 1).round().astype(int)) for L, k in zip(lengths, parts)])
+        starts = np.r_[0, np.cumsum(sizes)[:-1]]
+        lengths = sizes
     runs = starts[:, None] + np.minimum(np.arange(int(lengths.max()))[None, :], lengths[:, None] - 1)
     group = np.repeat(np.arange(len(starts)), lengths)
     slot = np.arange(len(idx)) - np.repeat(starts, lengths)
     return idx[starts].astype(np.int32), runs.astype(np.int32), group, slot
 
 
-def block_groups(rows: np.ndarray, cols: np.ndarray, grid) -> dict:
+def block_groups(rows: np.ndarray, cols: np.ndarray, grid, max_run: int | None = None) -> dict:
     """The grouped decoder's inputs for the block ``rows x cols`` (ascending output coordinates)
     on a feature grid ``(gh, gw)``: per axis the groups' nearest pixels and runs
-    (:func:`axis_groups`), and ``sel``, for every query of the block in row-major order, its
-    slot in the (Gy, Gx, My, Mx) group layout."""
-    gy, ry, grp_r, slot_r = axis_groups(rows, grid[0])
-    gx, rx, grp_c, slot_c = axis_groups(cols, grid[1])
+    (:func:`axis_groups`, runs split at ``max_run``), and ``sel``, for every query of the block
+    in row-major order, its slot in the (Gy, Gx, My, Mx) group layout."""
+    gy, ry, grp_r, slot_r = axis_groups(rows, grid[0], max_run)
+    gx, rx, grp_c, slot_c = axis_groups(cols, grid[1], max_run)
     my, mx = ry.shape[1], rx.shape[1]
     sel = ((grp_r[:, None] * len(gx) + grp_c[None, :]) * my + slot_r[:, None]) * mx + slot_c[None, :]
     return {"yc": np.ascontiguousarray(rows, dtype=np.float32), "xc": np.ascontiguousarray(cols, dtype=np.float32),

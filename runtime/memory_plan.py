@@ -152,16 +152,22 @@ def tensorrt_bytes(manifest: Manifest, limits) -> int:
     encoder's working set on the largest LR window, each branch graph's on its largest grid
     window, each decoder's arena for the largest chunk plus its q/k/v window inputs.  The same
     constants as the ONNX Runtime plan (calibrated there, not on a GPU: an estimate)."""
-    from .tensorrt.profiles import encoder_window, grid_window
+    from .tensorrt.profiles import encoder_window, grid_window, grouping_caps
 
     c = int(manifest.data["base_dim"])
+    area, heads = (2 * manifest.radius + 1) ** 2, int(manifest.data.get("heads", 1))
+    hidden = int(manifest.data.get("mlp_hidden", 0))
+    groups, run = grouping_caps(manifest)
+    pixels, slots = groups * groups, run * run  # a grouped block's largest P and M
     total = ENCODER_CHANNELS * 4 * encoder_window(manifest, limits) ** 2
     for g in manifest.graphs:
         side = grid_window(manifest, limits, g.branch)
         if g.kind == "branch":
             total += MAP_TENSORS * c * 4 * side * side
         elif g.kind == "decoder":
-            total += decoder_bytes(manifest, limits.max_queries) + 3 * c * 4 * side * side
+            total += DECODER_TENSORS * limits.max_queries * area * c * 4 + 3 * c * 4 * side * side
+        elif g.kind == "grouped":  # T, the attention tensors of every slot, the gathered keys and values
+            total += 4 * pixels * area * (heads * hidden + GROUPED_TENSORS * slots * heads + 2 * c) + 3 * c * 4 * side**2
     return total
 
 

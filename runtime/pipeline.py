@@ -23,8 +23,8 @@ from .geometry import (
     NORM_MEAN,
     NORM_STD,
     CascadePlan,
+    axis_groups,
     block_groups,
-    nearest_index,
     pixel_centres,
     plan_cascade,
     unnormalize,
@@ -34,36 +34,40 @@ from .manifest import Manifest
 from .tiling import Span, bilinear_span, centres, grow, neighbourhood_span, tile_spans, union
 
 DEFAULT_CHUNK = 8192  # queries per decoder run: ONNX Runtime keeps each session's peak (benchmarks/memory.py)
-# the grouped decoder pays off when this many queries share a feature pixel on average (measured on
-# ONNX Runtime CPU, benchmarks/fast_decoder.py); clit-export records it in the manifest
+# The grouped decoder (see README, "How it works"), as clit-export records it in the manifest
+# (``decoder_grouping``): it pays off when this many queries share a feature pixel on average
+# (measured on ONNX Runtime CPU, benchmarks/fast_decoder.py); a block holds at most MAX_GROUPS
+# groups per axis of at most MAX_RUN queries per axis (longer runs are split), so that every
+# tensor of the grouped graph is bounded by constants (TensorRT sizes them at the profile's maxima).
 DEFAULT_MIN_QUERIES_PER_PIXEL = 3.0
+DEFAULT_MAX_RUN = 5
+DEFAULT_MAX_GROUPS = 32
 
 
-def group_blocks(rows: np.ndarray, cols: np.ndarray, grid, chunk: int) -> list:
+def group_blocks(rows: np.ndarray, cols: np.ndarray, grid, chunk: int, max_run: int = DEFAULT_MAX_RUN,
+                 max_groups: int = DEFAULT_MAX_GROUPS) -> list:
     """Blocks (row span, col span) of the ``rows x cols`` queries of a tile for the grouped
-    decoder: at most ``chunk`` queries each (or one run of rows by one run of columns, when a
-    single group is larger), cut only between runs of rows/columns sharing a feature pixel, so
-    that no pixel's first-layer products are computed twice in a block."""
-    def runs(coords, n):
-        idx = nearest_index(coords, n)
-        starts = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]])
-        return list(zip(starts, np.r_[starts[1:], len(idx)]))
+    decoder: at most ``max_groups`` groups per axis (runs of queries sharing a feature pixel,
+    split at ``max_run``) and at most ``chunk`` queries each (or one group, when a single one
+    is larger), cut only between groups, so that no group is split across blocks."""
+    def groups(coords, n):
+        _, runs, _, _ = axis_groups(coords, n, max_run)
+        return [(int(r[0]), int(r[-1]) + 1) for r in runs]
 
-    def pack(spans, limit):  # consecutive runs, as many as fit in ``limit`` items (at least one)
-        out, start, end = [], spans[0][0], spans[0][0]
-        for a, b in spans:
-            if b - start > limit and end > start:
-                out.append((int(start), int(end)))
-                start = a
-            end = b
-        out.append((int(start), int(end)))
+    def pack(spans, limit):  # consecutive groups: at most max_groups and ``limit`` items (at least one)
+        out, first = [], 0
+        for i in range(1, len(spans) + 1):
+            if i == len(spans) or i - first == max_groups or spans[i][1] - spans[first][0] > limit:
+                out.append((spans[first][0], spans[i - 1][1]))
+                first = i
         return out
 
-    row_runs, col_runs = runs(rows, grid[0]), runs(cols, grid[1])
-    longest_rows = max(b - a for a, b in row_runs)
+    row_groups, col_groups = groups(rows, grid[0]), groups(cols, grid[1])
+    longest = max(b - a for a, b in row_groups)
+    side = max(1, int(chunk ** 0.5))  # square-ish blocks: both axes' groups are bounded
     blocks = []
-    for c0, c1 in pack(col_runs, max(1, chunk // longest_rows)):
-        blocks += [(rs, (c0, c1)) for rs in pack(row_runs, max(1, chunk // (c1 - c0)))]
+    for c0, c1 in pack(col_groups, max(side, chunk // (longest * max_groups))):
+        blocks += [(rs, (c0, c1)) for rs in pack(row_groups, max(1, chunk // (c1 - c0)))]
     return blocks
 
 
@@ -104,6 +108,8 @@ class Pipeline:
         self.manifest, self.runner, self.precision, self.grouping = manifest, runner, precision, grouping
         rule = manifest.data.get("decoder_grouping", {})
         self.min_queries_per_pixel = float(rule.get("min_queries_per_pixel", DEFAULT_MIN_QUERIES_PER_PIXEL))
+        self.max_run = int(rule.get("max_run", DEFAULT_MAX_RUN))
+        self.max_groups = int(rule.get("max_groups", DEFAULT_MAX_GROUPS))
         self.timings: dict[str, float] = defaultdict(float)  # seconds per stage, summed over calls
         self.on_tile: Callable[[int, int], None] | None = None  # progress: (tiles done, tiles total)
         self.last_tiling: tuple[int | None, int] | None = None  # (tile, chunk) of the last upscale
@@ -169,7 +175,7 @@ class Pipeline:
         feeds = {"q": maps[0], "k": maps[1], "v": maps[2], "offset": np.asarray(offset, dtype=np.int32),
                  "size": np.array([gh, gw], dtype=np.float32), "rows": pixel_centres(gh),
                  "cols": pixel_centres(gw), "drow": neighbour_offsets(gh, r), "dcol": neighbour_offsets(gw, r),
-                 "cell": cell, **block_groups(rows, cols, grid)}
+                 "cell": cell, **block_groups(rows, cols, grid, self.max_run)}
         with self._timed(f"branch {k + 1} decoder"):
             return self.runner.run(self._file("grouped", k), feeds)[0][0]
 
@@ -181,8 +187,8 @@ class Pipeline:
             return False
         if self.grouping == "on":
             return True
-        pixels = len(np.unique(nearest_index(rows, grid[0]))) * len(np.unique(nearest_index(cols, grid[1])))
-        return len(rows) * len(cols) >= self.min_queries_per_pixel * pixels
+        groups = len(axis_groups(rows, grid[0], self.max_run)[0]) * len(axis_groups(cols, grid[1], self.max_run)[0])
+        return len(rows) * len(cols) >= self.min_queries_per_pixel * groups
 
     def upscale(self, img: np.ndarray, scale=None, size=None, chunk: int = DEFAULT_CHUNK,
                 tile: int | None = None, sink: Sink | None = None) -> np.ndarray | None:
@@ -276,7 +282,7 @@ class Pipeline:
                 maps, offset = self.branch_maps(feat, origin, k, grid, (h, w), gy, gx), (gy[0], gx[0])
             if self.use_grouped(k, rows, cols, grid):
                 block = acc.reshape(len(rows), len(cols), 3)
-                for (r0, r1), (c0, c1) in group_blocks(rows, cols, grid, chunk):
+                for (r0, r1), (c0, c1) in group_blocks(rows, cols, grid, chunk, self.max_run, self.max_groups):
                     res = self.decode_grouped(k, maps, grid, rows[r0:r1], cols[c0:c1], plan.cell, offset)
                     res = res.reshape(r1 - r0, c1 - c0, 3)
                     dst = block[r0:r1, c0:c1]

@@ -15,20 +15,30 @@ TOL_OFFICIAL = 1e-4  # max abs against the official outputs (observed <= 3e-7)
 TOL_OLD = 1e-5  # max abs against the per-query decoder (observed <= 2e-7)
 
 
-def test_axis_groups_and_slots(rng):
-    for n, out in [(19, 44), (7, 7), (5, 23), (40, 61)]:
+@pytest.mark.parametrize("max_run", [None, 1, 2, 5])
+def test_axis_groups_and_slots(rng, max_run):
+    for n, out in [(19, 44), (7, 7), (5, 23), (40, 61), (3, 100)]:
         coords = pixel_centres(out)[rng.integers(0, 5):]
-        pixels, runs, group, slot = axis_groups(coords, n)
+        pixels, runs, group, slot = axis_groups(coords, n, max_run)
         idx = nearest_index(coords, n)
         assert np.array_equal(pixels[group], idx)  # every query's group has its nearest pixel
         assert np.array_equal(runs[group, slot], np.arange(len(coords)))  # and its slot points back at it
-        assert np.all(np.diff(pixels) > 0) and np.all(idx[runs] == pixels[:, None])  # padding repeats the run
+        assert np.all(np.diff(pixels) >= 0) and np.all(idx[runs] == pixels[:, None])  # padding repeats the run
+        lengths = np.bincount(group)
+        if max_run is None:
+            assert np.all(np.diff(pixels) > 0)  # one group per pixel
+        else:
+            assert lengths.max() <= max_run and runs.shape[1] == lengths.max()
+            for p in np.unique(pixels):  # a pixel's run is split into near-equal parts
+                parts = lengths[pixels == p]
+                assert parts.max() - parts.min() <= 1 and (len(parts) == 1 or parts.min() * 2 >= max_run - 1)
 
 
-def test_block_sel_puts_every_query_in_its_slot(rng):
+@pytest.mark.parametrize("max_run", [None, 2])
+def test_block_sel_puts_every_query_in_its_slot(rng, max_run):
     grid, out = (13, 17), (41, 30)
     rows, cols = pixel_centres(out[0])[3:29], pixel_centres(out[1])[1:22]
-    b = block_groups(rows, cols, grid)
+    b = block_groups(rows, cols, grid, max_run)
     gy, gx, my, mx = len(b["gy"]), len(b["gx"]), b["ry"].shape[1], b["rx"].shape[1]
     slot = np.unravel_index(b["sel"], (gy, gx, my, mx))
     r = b["ry"][slot[0], slot[2]]
@@ -37,18 +47,26 @@ def test_block_sel_puts_every_query_in_its_slot(rng):
     assert np.array_equal(r, want_r.ravel()) and np.array_equal(c, want_c.ravel())
 
 
-@pytest.mark.parametrize("chunk", [1, 50, 300, 100000])
-def test_group_blocks_cover_each_query_once_between_runs(chunk):
-    grid, out = (11, 9), (70, 45)
-    rows, cols = pixel_centres(out[0])[2:60], pixel_centres(out[1])[4:41]
+@pytest.mark.parametrize("chunk,max_run,max_groups", [(1, 5, 32), (50, 5, 32), (300, 2, 3), (100000, 5, 32),
+                                                      (100000, 3, 4)])
+def test_group_blocks_cover_each_query_once_between_groups(chunk, max_run, max_groups):
+    """Blocks tile the queries exactly once, are cut only between groups (runs of one pixel, split
+    at max_run), hold at most max_groups groups per axis and at most ``chunk`` queries (unless a
+    single group is larger)."""
+    grid, out = (11, 9), (170, 45)
+    rows, cols = pixel_centres(out[0])[2:160], pixel_centres(out[1])[4:41]
     covered = np.zeros((len(rows), len(cols)), int)
-    row_cuts = set(np.flatnonzero(np.diff(nearest_index(rows, grid[0]))) + 1) | {0, len(rows)}
-    col_cuts = set(np.flatnonzero(np.diff(nearest_index(cols, grid[1]))) + 1) | {0, len(cols)}
-    for (r0, r1), (c0, c1) in group_blocks(rows, cols, grid, chunk):
+    row_groups, col_groups = axis_groups(rows, grid[0], max_run)[2], axis_groups(cols, grid[1], max_run)[2]
+    row_cuts = set(np.flatnonzero(np.diff(row_groups)) + 1) | {0, len(rows)}
+    col_cuts = set(np.flatnonzero(np.diff(col_groups)) + 1) | {0, len(cols)}
+    for (r0, r1), (c0, c1) in group_blocks(rows, cols, grid, chunk, max_run, max_groups):
         covered[r0:r1, c0:c1] += 1
-        assert {r0, r1} <= row_cuts and {c0, c1} <= col_cuts  # cut between runs only
-        single_group = len(set(nearest_index(rows[r0:r1], grid[0]))) == 1 and len(set(nearest_index(cols[c0:c1], grid[1]))) == 1
-        assert (r1 - r0) * (c1 - c0) <= chunk or single_group
+        assert {r0, r1} <= row_cuts and {c0, c1} <= col_cuts  # cut between groups only
+        n_rows, n_cols = len(set(row_groups[r0:r1])), len(set(col_groups[c0:c1]))
+        assert n_rows <= max_groups and n_cols <= max_groups
+        assert (r1 - r0) * (c1 - c0) <= chunk or n_rows == n_cols == 1
+        b = block_groups(rows[r0:r1], cols[c0:c1], grid, max_run)  # what the graph is fed stays capped
+        assert len(b["gy"]) <= max_groups and b["ry"].shape[1] <= max_run and b["rx"].shape[1] <= max_run
     assert (covered == 1).all()
 
 

@@ -34,7 +34,7 @@ from clit.runtime.tensorrt.backend import (
 )
 from clit.runtime.tensorrt.build_cli import main as build_cli
 from clit.runtime.tensorrt.engine_cache import EngineCache, cache_key
-from clit.runtime.tensorrt.profiles import BuildLimits, input_profiles, outside_profile
+from clit.runtime.tensorrt.profiles import BuildLimits, grouping_caps, input_profiles, outside_profile
 
 
 @pytest.fixture
@@ -185,6 +185,39 @@ def test_clit_build_dry_run_and_missing_tensorrt(model_dir):
         assert make_engine("auto", model_dir=model_dir).name.startswith("onnxruntime")
 
 
+def _largest_tensor_at_profile_max(manifest, graph, limits) -> int:
+    """Elements of the largest tensor of ``graph`` with every input at its profile maximum
+    (onnxruntime's symbolic shape inference propagates the computed shapes)."""
+    onnx = pytest.importorskip("onnx")
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    model = onnx.load(str(manifest.root / graph.file))
+    profiles = input_profiles(manifest, graph, limits)
+    for i in model.graph.input:
+        for d, v in zip(i.type.tensor_type.shape.dim, profiles.get(i.name, [None, None, ()])[2]):
+            d.ClearField("dim_param")
+            d.dim_value = int(v)
+    inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    largest = 0
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+        assert None not in dims, (graph.file, vi.name)  # every shape is known at the profile maximum
+        largest = max(largest, int(np.prod(dims, dtype=np.int64)) if dims else 1)
+    return largest
+
+
+@pytest.mark.parametrize("limits", [BuildLimits(), BuildLimits(tile=1024, max_queries=65536, max_image=8192)])
+def test_every_tensor_fits_at_the_profile_maximum(model_dir, limits):
+    """TensorRT sizes every tensor at the profile's maxima, each dimension independently, and
+    refuses tensors of 2^31 elements or more ("The volume of the tensor must be less than 2^31
+    elements", ITensor and addInput docs of NvInfer.h in TensorRT 8.5 and 10.3; NVIDIA/TensorRT
+    issues #1948 and #3033 show the build error): the grouped decoders' block caps keep the products of
+    their group and run dimensions bounded."""
+    manifest = load_manifest(model_dir)
+    for g in manifest.graphs:
+        assert _largest_tensor_at_profile_max(manifest, g, limits) < 2**31, g.file
+
+
 def test_outside_profile_names_the_option_to_raise(model_dir):
     manifest = load_manifest(model_dir)
     limits = BuildLimits(tile=64, max_queries=1000, max_image=300, opt_tile=32, opt_queries=100)
@@ -194,6 +227,10 @@ def test_outside_profile_names_the_option_to_raise(model_dir):
     assert "--max-queries" in outside_profile(manifest, dec2, limits, "coord", (1, 1001, 2))
     c = manifest.data["base_dim"]
     assert "--max-lr" in outside_profile(manifest, dec2, limits, "q", (1, c, 64 * 4 + 13, 5))
+    grouped = manifest.graph("grouped", 1)
+    groups, run = grouping_caps(manifest)
+    assert outside_profile(manifest, grouped, limits, "ry", (groups, run)) is None
+    assert "decoder_grouping" in outside_profile(manifest, grouped, limits, "ry", (groups, run + 1))
 
 
 def _graph(variants=()):

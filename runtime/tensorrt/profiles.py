@@ -69,12 +69,24 @@ def dim_ranges(manifest: Manifest, graph: GraphEntry, limits: BuildLimits) -> di
     if graph.kind in ("decoder", "grouped"):
         dims = {"hq": (1, min(opt, win), win), "wq": (1, min(opt, win), win), "h": (1, min(opt, table), table),
                 "w": (1, min(opt, table), table), "N": queries}
-        if graph.kind == "grouped":  # a block's rows, columns, groups per axis and the longest run
-            run = int(STAGE_BASE ** (manifest.n_branches - k)) + 1  # output pixels per grid pixel, + a rounding
-            side = (1, min(128, limits.max_queries), limits.max_queries)
-            dims.update(R=side, S=side, Gy=side, Gx=side, My=(1, min(4, run), run), Mx=(1, min(4, run), run))
+        if graph.kind == "grouped":  # a block: groups per axis and queries per group per axis are capped
+            groups, run = grouping_caps(manifest)
+            side = groups * run
+            dims.update(Gy=(1, min(16, groups), groups), Gx=(1, min(16, groups), groups),
+                        My=(1, min(4, run), run), Mx=(1, min(4, run), run),
+                        R=(1, min(64, side), side), S=(1, min(64, side), side),
+                        N=(1, min(queries[1], side * side), min(limits.max_queries, side * side)))
         return dims
     raise ModelDirError(f"unknown graph kind {graph.kind!r}")
+
+
+def grouping_caps(manifest: Manifest) -> tuple:
+    """(groups per axis, queries per group per axis) of a grouped decoder block (the manifest's
+    ``decoder_grouping``; the pipeline cuts blocks to them)."""
+    from ..pipeline import DEFAULT_MAX_GROUPS, DEFAULT_MAX_RUN
+
+    rule = manifest.data.get("decoder_grouping", {})
+    return int(rule.get("max_groups", DEFAULT_MAX_GROUPS)), int(rule.get("max_run", DEFAULT_MAX_RUN))
 
 
 def input_profiles(manifest: Manifest, graph: GraphEntry, limits: BuildLimits) -> dict[str, tuple[tuple, tuple, tuple]]:
@@ -96,8 +108,9 @@ def input_profiles(manifest: Manifest, graph: GraphEntry, limits: BuildLimits) -
 # the clit-build option that bounds each symbolic dimension (see dim_ranges)
 LIMIT_OPTION = {"H": "--max-lr", "W": "--max-lr", "hf": "--max-lr", "wf": "--max-lr", "Hw": "--max-lr",
                 "Ww": "--max-lr", "hq": "--max-lr", "wq": "--max-lr", "h": "--max-image", "w": "--max-image",
-                "N": "--max-queries", "R": "--max-queries", "S": "--max-queries", "Gy": "--max-queries",
-                "Gx": "--max-queries"}
+                "N": "--max-queries"}
+# a grouped block's dimensions are capped by the manifest's decoder_grouping, not by an option
+GROUPING_DIMS = ("R", "S", "Gy", "Gx", "My", "Mx")
 
 
 def outside_profile(manifest: Manifest, graph: GraphEntry, limits: BuildLimits, name: str, shape) -> str | None:
@@ -111,6 +124,8 @@ def outside_profile(manifest: Manifest, graph: GraphEntry, limits: BuildLimits, 
         if isinstance(sym, str) and sym in dims:
             lo, _, hi = dims[sym]
             if not lo <= int(size) <= hi:
-                return (f"{graph.file}: input {name} has {sym} = {size} (axis {axis}) but the engine was built for "
-                        f"{lo}..{hi}; rebuild with a larger clit-build {LIMIT_OPTION.get(sym, '--max-lr')}")
+                fix = ("the pipeline cuts grouped blocks to the manifest's decoder_grouping caps: this runtime and "
+                       "the engine disagree, rebuild the engine" if sym in GROUPING_DIMS else
+                       f"rebuild with a larger clit-build {LIMIT_OPTION.get(sym, '--max-lr')}")
+                return f"{graph.file}: input {name} has {sym} = {size} (axis {axis}) but the engine was built for {lo}..{hi}; {fix}"
     return None
