@@ -83,6 +83,23 @@ def last_linear(model_path: Path) -> list[str]:
     return [nodes[-1].name] if nodes else []
 
 
+def per_image_products(model_path: Path) -> list[str]:
+    """Names of the MatMul/Gemm nodes computed only from constants and the fixed-size graph
+    inputs (cell, size, offsets): per-image terms such as the decoders' cell bias, the same for
+    every query, where INT8 would only add rounding."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    tainted = {i.name for i in graph.input if any(d.dim_param for d in i.type.tensor_type.shape.dim)}
+    out = []
+    for n in graph.node:  # topologically sorted
+        if any(i in tainted for i in n.input):
+            tainted.update(n.output)
+        elif n.op_type in QUANTIZED_OPS:
+            out.append(n.name)
+    return out
+
+
 def quantize_graph(src: Path, dst: Path, feeds: list[dict], method: str, exclude: list[str], cache: Path) -> None:
     """Write the QDQ INT8 version of ``src`` to ``dst`` (ranges cached in ``cache``)."""
     from onnxruntime import quantization as q
@@ -161,8 +178,8 @@ def calibrate(model_dir: Path, out: Path, folder: Path, scales=(2.0, 4.0, 8.0), 
             src = tmp / g["file"]
             dst = src.with_name(src.stem + ".int8.onnx")
             exclude = list(g.get("fp32_layers", [])) + list(keep_fp32)
-            if g["kind"] in ("decoder", "grouped"):  # the output layer stays in float
-                exclude += last_linear(src)
+            if g["kind"] in ("decoder", "grouped"):  # the output layer and per-image terms stay in float
+                exclude += last_linear(src) + per_image_products(src)
             if g["file"] not in feeds:
                 raise RuntimeError(f"{g['file']} never ran on the calibration images (add scales that use it)")
             log(f"quantising {g['file']} ({len(feeds[g['file']])} calibration inputs, {method})")

@@ -110,6 +110,7 @@ def test_int8_calibration(exported, data_dir, tmp_path):
     """clit-calibrate writes Q/DQ variants (float kept where asked), its range caches are
     reused, and the INT8 directory passes clit-parity's INT8 threshold on real images."""
     from clit.calibration.cli import calibrate_main
+    from clit.calibration.int8 import per_image_products
 
     ckpt, model = exported
     train = data_dir / "train" / "HR"
@@ -130,10 +131,14 @@ def test_int8_calibration(exported, data_dir, tmp_path):
         init_types = {i.name: i.data_type for i in q.graph.initializer}
         dq_inputs = [n.input[0] for n in q.graph.node if n.op_type == "DequantizeLinear"]
         assert all(init_types.get(t, onnx.TensorProto.INT8) == onnx.TensorProto.INT8 for t in dq_inputs)
-        if g["kind"] in ("decoder", "grouped"):  # the output layer stays in float: no dequantized weight feeds it
+        if g["kind"] in ("decoder", "grouped"):  # the output layer and the per-image cell term stay in float
             made_by = {o: n.op_type for n in q.graph.node for o in n.output}
+            by_name = {n.name: n for n in q.graph.node}
+            kept = per_image_products(out / g["file"])
+            assert len(kept) == 1, (g["file"], kept)  # the cell term: (2,) x (2, hidden)
             last = [n for n in q.graph.node if n.op_type in ("MatMul", "Gemm")][-1]
-            assert made_by.get(last.input[1]) != "DequantizeLinear"
+            for node in [last, by_name[kept[0]]]:
+                assert all(made_by.get(i) != "DequantizeLinear" for i in node.input), (g["file"], node.name)
     caches = sorted(p.name for p in (out / "calibration").iterdir())
     assert caches == sorted(f"{g['file'][:-5]}.json" for g in manifest["graphs"])
     again = tmp_path / "again"
