@@ -30,7 +30,8 @@ test: setup
 	$(MAKE) --no-print-directory test-py38
 
 # The runtime as a Jetson has it: Python 3.8, `pip install .` (no torch, no onnx), the
-# torch-free tests, clit-parity against a reference made here by the PyTorch model.
+# torch-free tests, clit-parity against a reference made here by the PyTorch model.  The
+# installed copy is refreshed from the working tree on every run (it is not editable).
 test-py38: setup
 	@if [ -z "$(PY38)" ]; then echo "test-py38: no python3.8 found (pyenv install 3.8): skipped"; exit 0; fi; \
 	set -e; \
@@ -39,6 +40,8 @@ test-py38: setup
 	  $(VENV38)/bin/python -m pip install -q --upgrade pip; \
 	  $(VENV38)/bin/python -m pip install -q '.[dev]'; \
 	  touch $(VENV38)/.installed; \
+	else \
+	  $(VENV38)/bin/python -m pip install -q --no-deps --force-reinstall . ; \
 	fi; \
 	ref=; \
 	if [ -f $(DATA)/MANIFEST.json ]; then \
