@@ -17,13 +17,7 @@ from clit.runtime.images import read_rgb
 from clit.runtime.manifest import FORMAT_VERSION, MANIFEST, load_manifest, sha256_file
 from clit.runtime.metrics import psnr
 from clit.runtime.onnx_backend import OnnxRuntimeRunner
-from clit.runtime.pipeline import (
-    DEFAULT_CHUNK,
-    DEFAULT_MAX_GROUPS,
-    DEFAULT_MAX_RUN,
-    DEFAULT_MIN_QUERIES_PER_PIXEL,
-    Pipeline,
-)
+from clit.runtime.pipeline import DEFAULT_CHUNK, GroupingRule, Pipeline
 from clit.train.checkpoint import load_model_and_args
 
 from .audit import TARGETS, audit_file
@@ -39,18 +33,13 @@ PARITY_LR_FP16 = 12  # the reference evaluator is slow: a smaller crop for the F
 REPO_SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def max_safe_queries(base_dim: int, radius: int, heads: int = 1, hidden: int = 0,
-                     min_queries_per_pixel: float = DEFAULT_MIN_QUERIES_PER_PIXEL) -> int:
+def max_safe_queries(base_dim: int, radius: int) -> int:
     """Largest N keeping every decoder tensor below 2^31 elements.  Per query, the widest
     tensors of the per-query decoder are the gathered keys and values and the MLP input,
-    49 x C each (the sinusoidal encoding is taken per axis, 7 x enc_dims); the grouped
-    decoder's widest is T, 49 x heads x hidden per feature pixel, with at least
-    ``min_queries_per_pixel`` queries per pixel when it is used."""
-    area = (2 * radius + 1) ** 2
-    limit = (2**31 - 1) // (area * base_dim)
-    if hidden:
-        limit = min(limit, int((2**31 - 1) // (area * heads * hidden) * min_queries_per_pixel))
-    return limit
+    49 x C each (the sinusoidal encoding is taken per axis, 7 x enc_dims).  The grouped
+    decoder's blocks are capped by the grouping rule whatever N is (checked on the exported
+    graphs at their TensorRT profile maxima, tests/test_tensorrt.py)."""
+    return (2**31 - 1) // ((2 * radius + 1) ** 2 * base_dim)
 
 
 def default_parity_image() -> Path | None:
@@ -114,7 +103,7 @@ def build_manifest(ckpt_path: Path, args: dict, model, graphs: list[dict], opset
                    precisions) -> dict:
     hidden = max(layer.out_features for net in model.imnets for layer in net.layers
                  if isinstance(layer, torch.nn.Linear))
-    safe = max_safe_queries(model.dim, model.r, model.head, hidden)
+    safe = max_safe_queries(model.dim, model.r)
     return {
         "format_version": FORMAT_VERSION,
         "source": {"checkpoint": ckpt_path.name, "path": str(ckpt_path.resolve()), "sha256": sha256_file(ckpt_path)},
@@ -135,11 +124,11 @@ def build_manifest(ckpt_path: Path, args: dict, model, graphs: list[dict], opset
         "fp16": {"tensorrt_8.5-10": "FP32 graph + BuilderFlag.FP16 + each graph's fp32_layers pinned to FP32",
                  "tensorrt_11_and_onnxruntime": "the graph's 'fp16' variant (explicitly mixed precision)"},
         "max_safe_queries": safe,
-        "decoder_grouping": {"min_queries_per_pixel": DEFAULT_MIN_QUERIES_PER_PIXEL, "max_run": DEFAULT_MAX_RUN,
-                             "max_groups": DEFAULT_MAX_GROUPS,
+        "decoder_grouping": {**GroupingRule.for_model(model.dim, model.head)._asdict(),
                              "rule": "a branch's queries of a tile go through its grouped decoder when on average at "
                                      "least min_queries_per_pixel of them share a feature pixel, else the per-query "
-                                     "decoder (both exact; measured on ONNX Runtime CPU); blocks hold at most "
+                                     "decoder (both exact; the threshold is where the grouped first layer needs 3x "
+                                     "fewer multiply-adds, calibrated on ONNX Runtime CPU); blocks hold at most "
                                      "max_groups groups per axis of at most max_run queries per axis"},
         "profiles": {
             "H": {"min": 1, "opt": 256, "max": 1024},

@@ -31,6 +31,7 @@ import sys
 
 from .geometry import CascadePlan
 from .manifest import Manifest
+from .pipeline import GroupingRule
 
 GIB = 1 << 30
 DECODER_TENSORS = 6
@@ -86,16 +87,18 @@ def memory_budget(limit: int | None = None, used: int | None = None) -> int:
 def decoder_bytes(manifest: Manifest, chunk: int) -> int:
     """Arena of one branch's decoder sessions for chunks of ``chunk`` queries: the larger of the
     per-query decoder's (``DECODER_TENSORS`` x N x 49 x C) and the grouped decoder's (T, 49 x
-    heads x hidden per feature pixel, with at least the manifest's queries per pixel, plus
-    the attention tensors, ``GROUPED_TENSORS`` x N x 49 x heads); a tile uses one or the other."""
+    heads x hidden per feature pixel, with at least the manifest's queries per pixel and at
+    most its block caps, plus the attention tensors, ``GROUPED_TENSORS`` x N x 49 x heads); a
+    tile uses one or the other."""
     area = (2 * manifest.radius + 1) ** 2
     c = int(manifest.data["base_dim"])
     per_query = DECODER_TENSORS * chunk * area * c * 4
     hidden, heads = int(manifest.data.get("mlp_hidden", 0)), int(manifest.data.get("heads", 1))
     if not hidden:
         return per_query
-    qpp = float(manifest.data.get("decoder_grouping", {}).get("min_queries_per_pixel", 3.0))
-    grouped = int(chunk * area * 4 * (heads * hidden / qpp + GROUPED_TENSORS * heads + 2 * c / qpp))
+    rule = GroupingRule.of(manifest)
+    pixels = min(chunk / rule.min_queries_per_pixel, rule.max_groups**2)
+    grouped = int(area * 4 * (pixels * (heads * hidden + 2 * c) + chunk * GROUPED_TENSORS * heads))
     return max(per_query, grouped)
 
 
@@ -152,12 +155,12 @@ def tensorrt_bytes(manifest: Manifest, limits) -> int:
     encoder's working set on the largest LR window, each branch graph's on its largest grid
     window, each decoder's arena for the largest chunk plus its q/k/v window inputs.  The same
     constants as the ONNX Runtime plan (calibrated there, not on a GPU: an estimate)."""
-    from .tensorrt.profiles import encoder_window, grid_window, grouping_caps
+    from .tensorrt.profiles import encoder_window, grid_window
 
     c = int(manifest.data["base_dim"])
     area, heads = (2 * manifest.radius + 1) ** 2, int(manifest.data.get("heads", 1))
     hidden = int(manifest.data.get("mlp_hidden", 0))
-    groups, run = grouping_caps(manifest)
+    _, run, groups = GroupingRule.of(manifest)
     pixels, slots = groups * groups, run * run  # a grouped block's largest P and M
     total = ENCODER_CHANNELS * 4 * encoder_window(manifest, limits) ** 2
     for g in manifest.graphs:
@@ -167,7 +170,8 @@ def tensorrt_bytes(manifest: Manifest, limits) -> int:
         elif g.kind == "decoder":
             total += DECODER_TENSORS * limits.max_queries * area * c * 4 + 3 * c * 4 * side * side
         elif g.kind == "grouped":  # T, the attention tensors of every slot, the gathered keys and values
-            total += 4 * pixels * area * (heads * hidden + GROUPED_TENSORS * slots * heads + 2 * c) + 3 * c * 4 * side**2
+            reach = min(side, groups + 2 * manifest.radius)  # the q/k/v window one block reads
+            total += 4 * pixels * area * (heads * hidden + GROUPED_TENSORS * slots * heads + 2 * c) + 3 * c * 4 * reach**2
     return total
 
 

@@ -43,16 +43,19 @@ class OnnxRuntimeRunner:
 
     ``providers`` defaults to CPU; pass e.g. ``["CUDAExecutionProvider",
     "CPUExecutionProvider"]`` where the GPU build of onnxruntime is installed.
-    ``threads`` sets intra-op threads (0 = ONNX Runtime's default, all cores).
+    ``threads`` sets intra-op threads (0 = ONNX Runtime's default, all cores).  With
+    ``profile_dir``, every session records ONNX Runtime's profile there (see
+    :meth:`end_profiling`; ``benchmarks/decoder_profile.py``).
     """
 
-    def __init__(self, manifest: Manifest, providers=None, threads: int = 0):
+    def __init__(self, manifest: Manifest, providers=None, threads: int = 0, profile_dir: str | None = None):
         import onnxruntime as ort
 
         self._ort = ort
         self.manifest = manifest
         self.providers = list(providers or ["CPUExecutionProvider"])
         self.threads = threads
+        self.profile_dir = profile_dir
         self._sessions: dict[str, object] = {}
 
     def session(self, file: str):
@@ -60,10 +63,17 @@ class OnnxRuntimeRunner:
             opts = self._ort.SessionOptions()
             opts.intra_op_num_threads = self.threads
             opts.log_severity_level = 3
+            if self.profile_dir is not None:
+                opts.enable_profiling = True
+                opts.profile_file_prefix = f"{self.profile_dir}/{file.rsplit('.onnx', 1)[0]}"
             self._sessions[file] = self._ort.InferenceSession(
                 str(self.manifest.root / file), sess_options=opts, providers=self.providers
             )
         return self._sessions[file]
+
+    def end_profiling(self) -> dict[str, str]:
+        """Graph file -> its profile (JSON) for every session created with ``profile_dir``."""
+        return {file: sess.end_profiling() for file, sess in self._sessions.items()} if self.profile_dir else {}
 
     def run(self, file: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         sess = self.session(file)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from typing import Callable, Protocol
+from typing import Callable, NamedTuple, Protocol
 
 import numpy as np
 
@@ -35,13 +35,43 @@ from .tiling import Span, bilinear_span, centres, grow, neighbourhood_span, tile
 
 DEFAULT_CHUNK = 8192  # queries per decoder run: ONNX Runtime keeps each session's peak (benchmarks/memory.py)
 # The grouped decoder (see README, "How it works"), as clit-export records it in the manifest
-# (``decoder_grouping``): it pays off when this many queries share a feature pixel on average
-# (measured on ONNX Runtime CPU, benchmarks/fast_decoder.py); a block holds at most MAX_GROUPS
-# groups per axis of at most MAX_RUN queries per axis (longer runs are split), so that every
-# tensor of the grouped graph is bounded by constants (TensorRT sizes them at the profile's maxima).
-DEFAULT_MIN_QUERIES_PER_PIXEL = 3.0
+# (``decoder_grouping``): a block holds at most MAX_GROUPS groups per axis of at most MAX_RUN
+# queries per axis (longer runs are split), so that every tensor of the grouped graph is bounded
+# by constants (TensorRT sizes them at the profile's maxima).
 DEFAULT_MAX_RUN = 5
 DEFAULT_MAX_GROUPS = 32
+GROUPED_MAC_GAIN = 3.0  # see grouping_threshold
+NEVER = 1e6  # queries per pixel: no output grid shares a feature pixel that much
+
+
+def grouping_threshold(base_dim: int, heads: int) -> float:
+    """Queries per feature pixel from which the grouped decoder pays off: where its first layer
+    (49 heads hidden per query, 49 C hidden per pixel) needs ``GROUPED_MAC_GAIN`` times fewer
+    multiply-adds than the per-query one (49 C hidden), i.e. C / (heads + C / q) >= the gain.
+    Calibrated on ONNX Runtime CPU (benchmarks/fast_decoder.py): C = 64 and 8 heads give 4.8,
+    and 4 queries per pixel (x2) lost while 6.25 (x2.5) won; C = 256 and 8 heads give 3.3, and
+    4 per pixel (the third branch at x8) won."""
+    room = base_dim / GROUPED_MAC_GAIN - heads
+    return round(base_dim / room, 2) if room > 0 else NEVER
+
+
+class GroupingRule(NamedTuple):
+    """A model directory's ``decoder_grouping``; for fields it lacks, the defaults above and
+    :func:`grouping_threshold` of its architecture."""
+
+    min_queries_per_pixel: float
+    max_run: int = DEFAULT_MAX_RUN
+    max_groups: int = DEFAULT_MAX_GROUPS
+
+    @classmethod
+    def for_model(cls, base_dim: int, heads: int) -> GroupingRule:
+        return cls(grouping_threshold(base_dim, heads))
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> GroupingRule:
+        rule = manifest.data.get("decoder_grouping", {})
+        default = cls.for_model(int(manifest.data["base_dim"]), int(manifest.data.get("heads", 1)))
+        return cls(*(type(d)(rule.get(f, d)) for f, d in zip(cls._fields, default)))
 
 
 def group_blocks(rows: np.ndarray, cols: np.ndarray, grid, chunk: int, max_run: int = DEFAULT_MAX_RUN,
@@ -106,10 +136,7 @@ class Pipeline:
         if grouping not in ("auto", "on", "off"):
             raise ValueError(f"grouping must be auto, on or off, got {grouping!r}")
         self.manifest, self.runner, self.precision, self.grouping = manifest, runner, precision, grouping
-        rule = manifest.data.get("decoder_grouping", {})
-        self.min_queries_per_pixel = float(rule.get("min_queries_per_pixel", DEFAULT_MIN_QUERIES_PER_PIXEL))
-        self.max_run = int(rule.get("max_run", DEFAULT_MAX_RUN))
-        self.max_groups = int(rule.get("max_groups", DEFAULT_MAX_GROUPS))
+        self.rule = GroupingRule.of(manifest)
         self.timings: dict[str, float] = defaultdict(float)  # seconds per stage, summed over calls
         self.on_tile: Callable[[int, int], None] | None = None  # progress: (tiles done, tiles total)
         self.last_tiling: tuple[int | None, int] | None = None  # (tile, chunk) of the last upscale
@@ -175,9 +202,18 @@ class Pipeline:
         feeds = {"q": maps[0], "k": maps[1], "v": maps[2], "offset": np.asarray(offset, dtype=np.int32),
                  "size": np.array([gh, gw], dtype=np.float32), "rows": pixel_centres(gh),
                  "cols": pixel_centres(gw), "drow": neighbour_offsets(gh, r), "dcol": neighbour_offsets(gw, r),
-                 "cell": cell, **block_groups(rows, cols, grid, self.max_run)}
+                 "cell": cell, **block_groups(rows, cols, grid, self.rule.max_run)}
         with self._timed(f"branch {k + 1} decoder"):
             return self.runner.run(self._file("grouped", k), feeds)[0][0]
+
+    def read_window(self, maps, offset, grid, ys: np.ndarray, xs: np.ndarray):
+        """The part of a branch's q/k/v window (top-left ``offset`` of ``grid``) that queries at
+        output coordinates ``ys``, ``xs`` read, and its top-left: a decoder run then lays out
+        (and a TensorRT run copies) only the maps its chunk or block needs, not the tile's."""
+        r = self.manifest.radius
+        (y0, y1), (x0, x1) = neighbourhood_span(ys, grid[0], r), neighbourhood_span(xs, grid[1], r)
+        oy, ox = offset
+        return [np.ascontiguousarray(m[:, :, y0 - oy:y1 - oy, x0 - ox:x1 - ox]) for m in maps], (y0, x0)
 
     def use_grouped(self, k: int, rows: np.ndarray, cols: np.ndarray, grid) -> bool:
         """Whether branch ``k`` evaluates the queries ``rows x cols`` with the grouped decoder:
@@ -187,8 +223,9 @@ class Pipeline:
             return False
         if self.grouping == "on":
             return True
-        groups = len(axis_groups(rows, grid[0], self.max_run)[0]) * len(axis_groups(cols, grid[1], self.max_run)[0])
-        return len(rows) * len(cols) >= self.min_queries_per_pixel * groups
+        run = self.rule.max_run
+        groups = len(axis_groups(rows, grid[0], run)[0]) * len(axis_groups(cols, grid[1], run)[0])
+        return len(rows) * len(cols) >= self.rule.min_queries_per_pixel * groups
 
     def upscale(self, img: np.ndarray, scale=None, size=None, chunk: int = DEFAULT_CHUNK,
                 tile: int | None = None, sink: Sink | None = None) -> np.ndarray | None:
@@ -282,15 +319,17 @@ class Pipeline:
                 maps, offset = self.branch_maps(feat, origin, k, grid, (h, w), gy, gx), (gy[0], gx[0])
             if self.use_grouped(k, rows, cols, grid):
                 block = acc.reshape(len(rows), len(cols), 3)
-                for (r0, r1), (c0, c1) in group_blocks(rows, cols, grid, chunk, self.max_run, self.max_groups):
-                    res = self.decode_grouped(k, maps, grid, rows[r0:r1], cols[c0:c1], plan.cell, offset)
+                for (r0, r1), (c0, c1) in group_blocks(rows, cols, grid, chunk, self.rule.max_run, self.rule.max_groups):
+                    part, at = self.read_window(maps, offset, grid, rows[r0:r1], cols[c0:c1])
+                    res = self.decode_grouped(k, part, grid, rows[r0:r1], cols[c0:c1], plan.cell, at)
                     res = res.reshape(r1 - r0, c1 - c0, 3)
                     dst = block[r0:r1, c0:c1]
                     dst[...] = res if k == 0 else res + dst * np.float32(CASCADE_DISCOUNT)
                 continue
             for start in range(0, n, chunk):
                 stop = min(start + chunk, n)
-                res = self.decode(k, maps, grid, coord[start:stop], plan.cell, offset)
+                part, at = self.read_window(maps, offset, grid, coord[start:stop, 0], coord[start:stop, 1])
+                res = self.decode(k, part, grid, coord[start:stop], plan.cell, at)
                 acc[start:stop] = res if k == 0 else res + acc[start:stop] * np.float32(CASCADE_DISCOUNT)
         with self._timed("bilinear skip"):
             acc += bilinear_border(x_norm, coord[:, 0], coord[:, 1])

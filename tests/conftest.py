@@ -19,6 +19,17 @@ GOLDEN = GOLDEN_WEAK / "strong"
 DATA = SHARED / "data"
 
 
+def graphs_manifest(out: Path, model, graphs: list, **fields):
+    """A Manifest over graphs exported by ``export_graphs`` (what the pipeline reads of one
+    written by clit-export), without the export's parity run."""
+    from clit.export.onnx_export import encoder_halo
+    from clit.runtime.manifest import FORMAT_VERSION, Manifest
+
+    return Manifest(out, {"format_version": FORMAT_VERSION, "n_branches": model.n_branches, "radius": model.r,
+                          "window_size": model.window_size, "encoder_halo": encoder_halo(model),
+                          "base_dim": model.dim, "heads": model.head, "graphs": graphs, **fields})
+
+
 def golden_index(root: Path = GOLDEN) -> dict:
     path = root / "index.json"
     return json.loads(path.read_text()) if path.is_file() else {}
@@ -118,8 +129,7 @@ def strong_fp16(tmp_path_factory):
     """name -> Manifest of a strong golden model exported with FP16 variants (once per session)."""
     pytest.importorskip("torch")
     pytest.importorskip("onnx")
-    from clit.export.onnx_export import encoder_halo, export_graphs
-    from clit.runtime.manifest import FORMAT_VERSION, Manifest
+    from clit.export.onnx_export import export_graphs
     from clit.train import load_model
 
     cache = {}
@@ -131,9 +141,7 @@ def strong_fp16(tmp_path_factory):
             model = load_model(GOLDEN / f"{name}.pth")
             out = tmp_path_factory.mktemp(name)
             graphs = export_graphs(model, out, precisions=("fp32", "fp16"))
-            cache[name] = Manifest(out, {"format_version": FORMAT_VERSION, "n_branches": model.n_branches,
-                                         "radius": model.r, "window_size": model.window_size,
-                                         "encoder_halo": encoder_halo(model), "graphs": graphs})
+            cache[name] = graphs_manifest(out, model, graphs)
         return cache[name]
 
     return get

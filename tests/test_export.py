@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import golden_cases, golden_index, scale_key
+from conftest import golden_cases, golden_index, graphs_manifest, scale_key
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
@@ -18,7 +18,7 @@ from clit.export.audit import audit_model  # noqa: E402
 from clit.export.cli import max_safe_queries  # noqa: E402
 from clit.export.onnx_export import encoder_halo, export_graphs, graph_specs  # noqa: E402
 from clit.runtime.geometry import coord_grid, plan_cascade  # noqa: E402
-from clit.runtime.manifest import FORMAT_VERSION, Manifest, ModelDirError, load_manifest  # noqa: E402
+from clit.runtime.manifest import FORMAT_VERSION, ModelDirError, load_manifest  # noqa: E402
 from clit.runtime.onnx_backend import OnnxRuntimeRunner  # noqa: E402
 from clit.runtime.pipeline import Pipeline  # noqa: E402
 from clit.train import load_model  # noqa: E402
@@ -36,9 +36,7 @@ def exported(tmp_path_factory):
             model = load_model(golden_dir / f"{name}.pth")
             out = tmp_path_factory.mktemp(name)
             graphs = export_graphs(model, out)
-            manifest = Manifest(out, {"format_version": FORMAT_VERSION, "n_branches": model.n_branches,
-                                      "radius": model.r, "window_size": model.window_size,
-                                      "encoder_halo": encoder_halo(model), "graphs": graphs})
+            manifest = graphs_manifest(out, model, graphs)
             cache[name] = (model, Pipeline(manifest, OnnxRuntimeRunner(manifest)))
         return cache[name]
 
@@ -99,9 +97,7 @@ def test_decoder_graph_variants_equal_model_query(tmp_path, rng, is_cell, with_b
     over = {"is_cell": is_cell} if with_bias else {"is_cell": is_cell, "pb_spec": None}
     model = small_model(seed=3, imnet_num=1, conv_num=1, **over)
     graphs = export_graphs(model, tmp_path)
-    manifest = Manifest(tmp_path, {"format_version": FORMAT_VERSION, "n_branches": 1, "radius": model.r,
-                                   "window_size": model.window_size, "encoder_halo": encoder_halo(model),
-                                   "graphs": graphs})
+    manifest = graphs_manifest(tmp_path, model, graphs)
     pipe = Pipeline(manifest, OnnxRuntimeRunner(manifest))
     img = rng.random((9, 12, 3), dtype=np.float32)
     plan = plan_cascade((9, 12), scale=2.7)
@@ -315,7 +311,7 @@ def test_fp16_variant_is_mixed_precision(golden_dir, tmp_path, rng):
         for node in g.node:
             if node.op_type in ("Sin", "Cos", "Softmax", "Round"):
                 assert types[node.input[0]] == TensorProto.FLOAT, node.name  # pinned layers read FP32
-    manifest = Manifest(tmp_path, {"format_version": FORMAT_VERSION, "n_branches": 2, "radius": 3, "graphs": entries})
+    manifest = graphs_manifest(tmp_path, model, entries)
     img = rng.random((12, 15, 3), dtype=np.float32)
     full = Pipeline(manifest, OnnxRuntimeRunner(manifest)).upscale(img, scale=6)
     from clit.export.fp16_check import ReferenceRunner  # float16 arithmetic (ONNX Runtime's CPU would not round)
@@ -344,8 +340,7 @@ def test_swinir_exports_dynamic_and_tensorrt_clean(tmp_path, rng):
                     for t in ("8.5", "8.6", "10")}
         assert findings["8.6"] == [] and findings["10"] == []
         assert {f.op for f in findings["8.5"]} == (set() if opset == 16 else {"LayerNormalization"})
-        manifest = Manifest(out, {"format_version": FORMAT_VERSION, "n_branches": 2, "radius": 3,
-                                  "window_size": 4, "encoder_halo": encoder_halo(model), "graphs": graphs})
+        manifest = graphs_manifest(out, model, graphs)
         assert encoder_halo(model) == 0  # SwinIR cannot be tiled exactly: the encoder runs whole
         pipe = Pipeline(manifest, OnnxRuntimeRunner(manifest))
         for h, w in [(13, 17), (7, 9), (20, 11)]:  # traced at 8x12

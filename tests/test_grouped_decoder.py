@@ -6,10 +6,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import GOLDEN, GOLDEN_WEAK, golden_index, scale_key
+from conftest import GOLDEN, GOLDEN_WEAK, golden_index, graphs_manifest, scale_key
 
 from clit.runtime.geometry import axis_groups, block_groups, nearest_index, pixel_centres
-from clit.runtime.pipeline import group_blocks
+from clit.runtime.pipeline import (
+    DEFAULT_MAX_GROUPS,
+    DEFAULT_MAX_RUN,
+    NEVER,
+    GroupingRule,
+    group_blocks,
+    grouping_threshold,
+)
 
 TOL_OFFICIAL = 1e-4  # max abs against the official outputs (observed <= 3e-7)
 TOL_OLD = 1e-5  # max abs against the per-query decoder (observed <= 2e-7)
@@ -72,8 +79,8 @@ def test_group_blocks_cover_each_query_once_between_groups(chunk, max_run, max_g
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
-from clit.export.onnx_export import encoder_halo, export_graphs  # noqa: E402
-from clit.runtime.manifest import FORMAT_VERSION, Manifest  # noqa: E402
+from clit.export.onnx_export import export_graphs  # noqa: E402
+from clit.runtime.manifest import Manifest  # noqa: E402
 from clit.runtime.onnx_backend import OnnxRuntimeRunner  # noqa: E402
 from clit.runtime.pipeline import Pipeline  # noqa: E402
 from clit.train import load_model  # noqa: E402
@@ -88,9 +95,7 @@ def exported(tmp_path_factory):
             model = load_model(root / f"{name}.pth")
             out = tmp_path_factory.mktemp(name)
             graphs = export_graphs(model, out)
-            manifest = Manifest(out, {"format_version": FORMAT_VERSION, "n_branches": model.n_branches,
-                                      "radius": model.r, "window_size": model.window_size,
-                                      "encoder_halo": encoder_halo(model), "graphs": graphs})
+            manifest = graphs_manifest(out, model, graphs)
             cache[(root, name)] = (model, manifest, OnnxRuntimeRunner(manifest))
         return cache[(root, name)]
 
@@ -149,5 +154,44 @@ def test_the_rule_picks_the_cheaper_formulation(exported, rng):
     strict = Pipeline(Manifest(manifest.root, {**manifest.data, "decoder_grouping": {"min_queries_per_pixel": 20}}),
                       runner)
     assert not strict.use_grouped(0, rows4, cols4, (19, 26))
+    assert strict.rule == GroupingRule(20.0, DEFAULT_MAX_RUN, DEFAULT_MAX_GROUPS)  # missing fields: the defaults
+    # no decoder_grouping: the threshold of the architecture (C = 32, 8 heads: 12 per pixel)
+    assert pipe.rule == GroupingRule.for_model(32, 8) and pipe.rule.min_queries_per_pixel == 12.0
+    rows25, cols25 = pixel_centres(48)[:30], pixel_centres(65)[:30]  # x2.5: 6.25 per pixel
+    assert not pipe.use_grouped(0, rows25, cols25, (19, 26))
+    # measured on ONNX Runtime CPU (benchmarks/fast_decoder.py, README "Benchmarks"): bundled
+    # (C = 64): x2 (4 per pixel) lost, x2.5 (6.25) won; full size (C = 256): 4 per pixel won
+    assert 4 < grouping_threshold(64, 8) < 6.25 and grouping_threshold(256, 8) < 4
+    assert grouping_threshold(24, 8) == NEVER  # 3 channels per head: never worth it
+    from clit.runtime.bundled import bundled_model_dir
+    from clit.runtime.manifest import load_manifest
+
+    bundled = load_manifest(bundled_model_dir())
+    assert GroupingRule.of(bundled) == GroupingRule.for_model(64, 8)  # exported with today's rule
     with pytest.raises(ValueError, match="grouping"):
         Pipeline(manifest, runner, grouping="sometimes")
+
+
+def test_each_decoder_run_gets_only_the_window_it_reads(exported, rng):
+    """The pipeline crops the tile's q/k/v maps to each chunk's or block's neighbourhood: a
+    grouped block reads at most max_groups pixels + the radius on each side (what the TensorRT
+    profiles assume), a per-query chunk of a few output rows a few grid rows; same output."""
+    _, manifest, runner = exported(GOLDEN, "edsr_lit_small")
+    seen = []
+
+    class Recorder:
+        def run(self, file, feeds):
+            if "decoder" in file:
+                seen.append((file, feeds["q"].shape[2:], feeds["offset"].tolist()))
+            return runner.run(file, feeds)
+
+    img = rng.random((40, 48, 3), dtype=np.float32)
+    outs = {g: Pipeline(manifest, Recorder(), grouping=g).upscale(img, scale=4, chunk=400) for g in ("on", "off")}
+    assert np.abs(outs["on"] - outs["off"]).max() <= TOL_OLD
+    rule, r = GroupingRule.of(manifest), manifest.radius
+    grouped = [s for f, s, _ in seen if "grouped" in f]
+    per_query = [s for f, s, _ in seen if "grouped" not in f]
+    assert grouped and per_query and len({tuple(o) for _, _, o in seen}) > 2  # windows move
+    assert all(h <= rule.max_groups + 2 * r and w <= rule.max_groups + 2 * r for h, w in grouped)
+    # 400 queries are at most 3 rows of the 192-wide output: at most 2 grid rows + the radius
+    assert all(h <= 2 + 2 * r and w == 48 for h, w in per_query)

@@ -119,3 +119,23 @@ def test_onnxruntime_provider_preferences():
     trt, cuda, cpu = default_providers(gpu, "fp16", "/cache", use_tensorrt=True)
     assert trt[0] == "TensorrtExecutionProvider" and trt[1]["trt_fp16_enable"] is True
     assert trt[1]["trt_engine_cache_path"] == "/cache" and cuda[1]["cudnn_conv_algo_search"] == "HEURISTIC"
+
+
+def test_onnxruntime_profiles_each_graph_it_ran(model_dir, tmp_path, rng):
+    """``profile_dir``: one ONNX Runtime profile per graph that ran, with node events of that graph."""
+    import json
+
+    from clit.runtime.manifest import load_manifest
+    from clit.runtime.onnx_backend import OnnxRuntimeRunner
+    from clit.runtime.pipeline import Pipeline
+
+    manifest = load_manifest(model_dir)
+    runner = OnnxRuntimeRunner(manifest, profile_dir=str(tmp_path))
+    Pipeline(manifest, runner, grouping="off").upscale(rng.random((9, 7, 3), dtype=np.float32), scale=2)
+    profiles = runner.end_profiling()
+    assert set(profiles) == {"encoder.onnx", "decoder1.onnx"}  # x2: one branch, per-query decoder
+    for file, path in profiles.items():
+        assert str(tmp_path) in path
+        nodes = {e["name"] for e in json.loads(open(path).read()) if e.get("cat") == "Node"}
+        assert any(n.endswith("_kernel_time") for n in nodes), file
+    assert OnnxRuntimeRunner(manifest).end_profiling() == {}

@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from clit.runtime.engines import make_engine
 from clit.runtime.manifest import GraphEntry, ModelDirError, load_manifest
 from clit.runtime.onnx_backend import OnnxRuntimeRunner
-from clit.runtime.pipeline import Pipeline
+from clit.runtime.pipeline import GroupingRule, Pipeline
 from clit.runtime.tensorrt.backend import (
     ENGINE_FORMAT,
     BuildRecipe,
@@ -34,7 +34,7 @@ from clit.runtime.tensorrt.backend import (
 )
 from clit.runtime.tensorrt.build_cli import main as build_cli
 from clit.runtime.tensorrt.engine_cache import EngineCache, cache_key
-from clit.runtime.tensorrt.profiles import BuildLimits, grouping_caps, input_profiles, outside_profile
+from clit.runtime.tensorrt.profiles import BuildLimits, input_profiles, outside_profile
 
 
 @pytest.fixture
@@ -228,7 +228,7 @@ def test_outside_profile_names_the_option_to_raise(model_dir):
     c = manifest.data["base_dim"]
     assert "--max-lr" in outside_profile(manifest, dec2, limits, "q", (1, c, 64 * 4 + 13, 5))
     grouped = manifest.graph("grouped", 1)
-    groups, run = grouping_caps(manifest)
+    _, run, groups = GroupingRule.of(manifest)
     assert outside_profile(manifest, grouped, limits, "ry", (groups, run)) is None
     assert "decoder_grouping" in outside_profile(manifest, grouped, limits, "ry", (groups, run + 1))
 

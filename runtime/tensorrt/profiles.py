@@ -19,6 +19,7 @@ from typing import Tuple  # typing's alias: tuple[...] at module level needs Pyt
 
 from ..geometry import STAGE_BASE, window_padded_size
 from ..manifest import GraphEntry, Manifest, ModelDirError
+from ..pipeline import GroupingRule
 
 Range = Tuple[int, int, int]  # (min, opt, max) of one dimension
 
@@ -70,23 +71,15 @@ def dim_ranges(manifest: Manifest, graph: GraphEntry, limits: BuildLimits) -> di
         dims = {"hq": (1, min(opt, win), win), "wq": (1, min(opt, win), win), "h": (1, min(opt, table), table),
                 "w": (1, min(opt, table), table), "N": queries}
         if graph.kind == "grouped":  # a block: groups per axis and queries per group per axis are capped
-            groups, run = grouping_caps(manifest)
-            side = groups * run
-            dims.update(Gy=(1, min(16, groups), groups), Gx=(1, min(16, groups), groups),
+            _, run, groups = GroupingRule.of(manifest)
+            side, reach = groups * run, min(win, groups + 2 * manifest.radius)  # a block reads <= groups pixels + radius
+            dims.update(hq=(1, reach, reach), wq=(1, reach, reach),
+                        Gy=(1, min(16, groups), groups), Gx=(1, min(16, groups), groups),
                         My=(1, min(4, run), run), Mx=(1, min(4, run), run),
                         R=(1, min(64, side), side), S=(1, min(64, side), side),
                         N=(1, min(queries[1], side * side), min(limits.max_queries, side * side)))
         return dims
     raise ModelDirError(f"unknown graph kind {graph.kind!r}")
-
-
-def grouping_caps(manifest: Manifest) -> tuple:
-    """(groups per axis, queries per group per axis) of a grouped decoder block (the manifest's
-    ``decoder_grouping``; the pipeline cuts blocks to them)."""
-    from ..pipeline import DEFAULT_MAX_GROUPS, DEFAULT_MAX_RUN
-
-    rule = manifest.data.get("decoder_grouping", {})
-    return int(rule.get("max_groups", DEFAULT_MAX_GROUPS)), int(rule.get("max_run", DEFAULT_MAX_RUN))
 
 
 def input_profiles(manifest: Manifest, graph: GraphEntry, limits: BuildLimits) -> dict[str, tuple[tuple, tuple, tuple]]:
