@@ -197,13 +197,13 @@ class BranchGraph(nn.Module):
 class DecoderGraph(nn.Module):
     """Branch ``k``'s residual at query coordinates from (a window of) its q, k, v maps."""
 
-    def __init__(self, model: CLIT, k: int):
+    def __init__(self, model: CLIT, k: int, softmax_dim: int = 1):
         super().__init__()
         self.model, self.k = model, k
         self.neighbours = AxisNeighbours(model.r)
         self.q_sample = Bilinear()
         self.bias = RelativeBias(model.pb_encoder) if model.pb_encoder is not None else None
-        self.softmax = AttentionSoftmax(model.dim // model.head)
+        self.softmax = AttentionSoftmax(model.dim // model.head, dim=softmax_dim)
 
     def forward(self, q_map, k_map, v_map, offset, size, rows, cols, drow, dcol, coord, cell):
         m = self.model
@@ -246,7 +246,7 @@ class DecoderGraph(nn.Module):
         return layers[1:](first).unsqueeze(0)
 
 
-class GroupedDecoderGraph(nn.Module):
+class GroupedDecoderGraph(DecoderGraph):
     """Branch ``k``'s residual for a block of the output grid, with the first MLP layer
     evaluated once per feature pixel (exact for any checkpoint).
 
@@ -266,12 +266,7 @@ class GroupedDecoderGraph(nn.Module):
     """
 
     def __init__(self, model: CLIT, k: int):
-        super().__init__()
-        self.model, self.k = model, k
-        self.neighbours = AxisNeighbours(model.r)
-        self.q_sample = Bilinear()
-        self.bias = RelativeBias(model.pb_encoder) if model.pb_encoder is not None else None
-        self.softmax = AttentionSoftmax(model.dim // model.head, dim=-1)
+        super().__init__(model, k, softmax_dim=-1)  # the same parts; the neighbours are the last axis here
         m = model
         area, c, heads = (2 * m.r + 1) ** 2, m.dim, m.head
         w1 = m.imnets[k].layers[0].weight  # (hidden, area * C [+ 2 cell columns])
