@@ -183,12 +183,7 @@ class Pipeline:
     def decode(self, k: int, maps, grid, coord: np.ndarray, cell: np.ndarray, offset=(0, 0)) -> np.ndarray:
         """Residual (N, 3) of branch ``k`` at ``coord`` (N, 2) from (a window of) its maps
         whose top-left pixel is ``offset`` of the full ``grid``."""
-        gh, gw = grid
-        r = self.manifest.radius
-        feeds = {"q": maps[0], "k": maps[1], "v": maps[2], "offset": np.asarray(offset, dtype=np.int32),
-                 "size": np.array([gh, gw], dtype=np.float32), "rows": pixel_centres(gh),
-                 "cols": pixel_centres(gw), "drow": neighbour_offsets(gh, r), "dcol": neighbour_offsets(gw, r),
-                 "coord": coord[None], "cell": cell}
+        feeds = {**self._decoder_feeds(maps, grid, cell, offset), "coord": coord[None]}
         with self._timed(f"branch {k + 1} decoder"):
             return self.runner.run(self._file("decoder", k), feeds)[0][0]
 
@@ -197,14 +192,18 @@ class Pipeline:
         """Residual (R * S, 3), row-major, of branch ``k`` at the block ``rows x cols`` of
         output coordinates, through the grouped decoder (the first MLP layer once per feature
         pixel; :class:`clit.export.graphs.GroupedDecoderGraph`)."""
-        gh, gw = grid
-        r = self.manifest.radius
-        feeds = {"q": maps[0], "k": maps[1], "v": maps[2], "offset": np.asarray(offset, dtype=np.int32),
-                 "size": np.array([gh, gw], dtype=np.float32), "rows": pixel_centres(gh),
-                 "cols": pixel_centres(gw), "drow": neighbour_offsets(gh, r), "dcol": neighbour_offsets(gw, r),
-                 "cell": cell, **block_groups(rows, cols, grid, self.rule.max_run)}
+        feeds = {**self._decoder_feeds(maps, grid, cell, offset), **block_groups(rows, cols, grid, self.rule.max_run)}
         with self._timed(f"branch {k + 1} decoder"):
             return self.runner.run(self._file("grouped", k), feeds)[0][0]
+
+    def _decoder_feeds(self, maps, grid, cell: np.ndarray, offset) -> dict:
+        """The inputs both decoders share: the q/k/v window and its offset, the grid's size,
+        pixel-centre and neighbour-offset tables, the cell."""
+        gh, gw = grid
+        r = self.manifest.radius
+        return {"q": maps[0], "k": maps[1], "v": maps[2], "offset": np.asarray(offset, dtype=np.int32),
+                "size": np.array([gh, gw], dtype=np.float32), "rows": pixel_centres(gh), "cols": pixel_centres(gw),
+                "drow": neighbour_offsets(gh, r), "dcol": neighbour_offsets(gw, r), "cell": cell}
 
     def read_window(self, maps, offset, grid, ys: np.ndarray, xs: np.ndarray):
         """The part of a branch's q/k/v window (top-left ``offset`` of ``grid``) that queries at
