@@ -88,26 +88,20 @@ def graph_specs(model: CLIT) -> list[GraphSpec]:
              ("rows", "float32", ("Hw",)), ("cols", "float32", ("Ww",))),
             tuple(maps("Hw", "Ww")),
         ))
+    window = (*[(n, "float32", (1, c, "hq", "wq")) for n in ("q", "k", "v")],  # both decoders' first inputs
+              ("offset", "int32", (2,)), ("size", "float32", (2,)), ("rows", "float32", ("h",)),
+              ("cols", "float32", ("w",)), ("drow", "float32", (side,)), ("dcol", "float32", (side,)))
+    residual = (("residual", "float32", (1, "N", 3)),)
     for k in range(model.n_branches):
-        specs.append(GraphSpec(
-            "decoder", k, f"decoder{k + 1}.onnx",
-            (*[(n, "float32", (1, c, "hq", "wq")) for n in ("q", "k", "v")],
-             ("offset", "int32", (2,)), ("size", "float32", (2,)),
-             ("rows", "float32", ("h",)), ("cols", "float32", ("w",)),
-             ("drow", "float32", (side,)), ("dcol", "float32", (side,)),
-             ("coord", "float32", (1, "N", 2)), ("cell", "float32", (2,))),
-            (("residual", "float32", (1, "N", 3)),),
-        ))
+        specs.append(GraphSpec("decoder", k, f"decoder{k + 1}.onnx",
+                               (*window, ("coord", "float32", (1, "N", 2)), ("cell", "float32", (2,))), residual))
     for k in range(model.n_branches):
         specs.append(GraphSpec(
             "grouped", k, f"decoder{k + 1}.grouped.onnx",
-            (*[(n, "float32", (1, c, "hq", "wq")) for n in ("q", "k", "v")],
-             ("offset", "int32", (2,)), ("size", "float32", (2,)),
-             ("rows", "float32", ("h",)), ("cols", "float32", ("w",)),
-             ("drow", "float32", (side,)), ("dcol", "float32", (side,)), ("cell", "float32", (2,)),
-             ("yc", "float32", ("R",)), ("xc", "float32", ("S",)), ("gy", "int32", ("Gy",)), ("gx", "int32", ("Gx",)),
-             ("ry", "int32", ("Gy", "My")), ("rx", "int32", ("Gx", "Mx")), ("sel", "int32", ("N",))),
-            (("residual", "float32", (1, "N", 3)),),
+            (*window, ("cell", "float32", (2,)), ("yc", "float32", ("R",)), ("xc", "float32", ("S",)),
+             ("gy", "int32", ("Gy",)), ("gx", "int32", ("Gx",)), ("ry", "int32", ("Gy", "My")),
+             ("rx", "int32", ("Gx", "Mx")), ("sel", "int32", ("N",))),
+            residual,
         ))
     return specs
 
