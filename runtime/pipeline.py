@@ -25,6 +25,7 @@ from .geometry import (
     CascadePlan,
     axis_groups,
     block_groups,
+    nearest_index,
     pixel_centres,
     plan_cascade,
     unnormalize,
@@ -219,6 +220,10 @@ class Pipeline:
         per the manifest's rule (``decoder_grouping``: at least ``min_queries_per_pixel``
         queries share a feature pixel on average), or as :attr:`grouping` forces."""
         if self.grouping == "off" or ("grouped", k) not in self._files:
+            return False
+        # blocks assume consecutive queries' nearest pixels step by at most one (an axis not
+        # downscaled): their q/k/v window is then at most max_groups + 2 radius (the TensorRT profile)
+        if any(len(c) > 1 and np.diff(nearest_index(c, n)).max() > 1 for c, n in ((rows, grid[0]), (cols, grid[1]))):
             return False
         if self.grouping == "on":
             return True

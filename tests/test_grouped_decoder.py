@@ -195,3 +195,13 @@ def test_each_decoder_run_gets_only_the_window_it_reads(exported, rng):
     assert all(h <= rule.max_groups + 2 * r and w <= rule.max_groups + 2 * r for h, w in grouped)
     # 400 queries are at most 3 rows of the 192-wide output: at most 2 grid rows + the radius
     assert all(h <= 2 + 2 * r and w == 48 for h, w in per_query)
+
+
+def test_grouping_only_where_blocks_fit_their_profile(exported, rng):
+    """An axis downscaled (nearest pixels stepping by 2) is never grouped, even when forced: a
+    block's q/k/v window would exceed max_groups + 2 radius (found by an independent review)."""
+    _, manifest, runner = exported(GOLDEN, "edsr_lit_small")
+    pipe = Pipeline(manifest, runner, grouping="on")
+    rows, cols = pixel_centres(10)[:8], pixel_centres(104)[:40]  # 19 -> 10 rows, 26 -> 104 columns
+    assert not pipe.use_grouped(0, rows, cols, (19, 26))
+    assert pipe.use_grouped(0, pixel_centres(76)[:40], cols, (19, 26))

@@ -229,6 +229,9 @@ def test_outside_profile_names_the_option_to_raise(model_dir):
     assert "--max-lr" in outside_profile(manifest, dec2, limits, "q", (1, c, 64 * 4 + 13, 5))
     grouped = manifest.graph("grouped", 1)
     _, run, groups = GroupingRule.of(manifest)
+    # a block keeps one whole group (run^2 queries) even under a smaller chunk limit (review finding)
+    tiny = BuildLimits(tile=64, max_queries=4, max_image=300, opt_tile=32, opt_queries=4)
+    assert outside_profile(manifest, grouped, tiny, "sel", (run * run,)) is None
     assert outside_profile(manifest, grouped, limits, "ry", (groups, run)) is None
     assert "decoder_grouping" in outside_profile(manifest, grouped, limits, "ry", (groups, run + 1))
 

@@ -77,7 +77,8 @@ def dim_ranges(manifest: Manifest, graph: GraphEntry, limits: BuildLimits) -> di
                         Gy=(1, min(16, groups), groups), Gx=(1, min(16, groups), groups),
                         My=(1, min(4, run), run), Mx=(1, min(4, run), run),
                         R=(1, min(64, side), side), S=(1, min(64, side), side),
-                        N=(1, min(queries[1], side * side), min(limits.max_queries, side * side)))
+                        # a block holds at least one whole group (up to run^2 queries) whatever the chunk
+                        N=(1, min(queries[1], side * side), min(max(limits.max_queries, run * run), side * side)))
         return dims
     raise ModelDirError(f"unknown graph kind {graph.kind!r}")
 
