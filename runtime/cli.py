@@ -160,12 +160,18 @@ def parse_memory(ctx, param, value):
                                                 "is kept, even one another run writes meanwhile).")
 @click.option("--cache-dir", type=click.Path(path_type=Path),
               help="TensorRT engine cache [default: ~/.cache/clit/engines].")
+@click.option("--server", metavar="URL",
+              help="Upscale on a Triton server (clit-serve) instead: host:port or http://host:port (HTTP), "
+                   "grpc://host:port.  Reading and writing stay here; the outputs are the same.  Needs "
+                   "tritonclient (pip install 'clit[client]').")
+@click.option("--server-model", default="clit", show_default=True,
+              help="With --server: the served model's name (clit-serve --name).")
 @click.option("-v", "--verbose", is_flag=True,
               help="Per-image timings split by pipeline stage, and the tile, chunk and memory budget used.")
 @click.option("-q", "--quiet", is_flag=True, help="Errors only: no progress bars, no backend line.")
 @error_boundary("clit-infer")
 def main(inputs, out, scale, size, model_dir, checkpoint, backend, precision, device, chunk, tile, max_memory,
-         max_pixels, bit_depth, overwrite, cache_dir, verbose, quiet):
+         max_pixels, bit_depth, overwrite, cache_dir, server, server_model, verbose, quiet):
     """Upscale INPUT images (files, folders, or glob patterns) by any factor with a CLIT model.
 
     Gray images stay gray, alpha is upscaled bicubically and re-attached, 16-bit PNGs give
@@ -178,6 +184,7 @@ def main(inputs, out, scale, size, model_dir, checkpoint, backend, precision, de
       clit-infer photo.png --scale 4 -o photo_x4.png          # bundled model
       clit-infer photo.png --model MODEL_DIR --scale 3.7 -o photo_x3.7.png
       clit-infer a.png b.jpg --checkpoint model.pth --size 1920x1080 -o out/
+      clit-infer photos/ --scale 2 -o out/ --server localhost:8000    # a clit-serve server
     """
     if (scale is None) == (size is None):
         raise click.UsageError("give exactly one of --scale or --size")
@@ -189,12 +196,17 @@ def main(inputs, out, scale, size, model_dir, checkpoint, backend, precision, de
     for item in inputs:
         if item.is_dir():
             refuse_overlap(out, [item])
-    engine = make_engine(backend, model_dir=model_dir, checkpoint=checkpoint, precision=precision, chunk=chunk,
-                         device=device, tile=tile, cache_dir=cache_dir, memory_limit=max_memory)
+    if server is not None:
+        engine = upscaler = remote_upscaler(server, server_model, model_dir=model_dir, checkpoint=checkpoint,
+                                            backend=backend, precision=precision, device=device, chunk=chunk,
+                                            tile=tile, max_memory=max_memory, cache_dir=cache_dir)
+    else:
+        engine = make_engine(backend, model_dir=model_dir, checkpoint=checkpoint, precision=precision, chunk=chunk,
+                             device=device, tile=tile, cache_dir=cache_dir, memory_limit=max_memory)
+        upscaler = Upscaler.from_engine(engine)
     if not quiet:
         click.echo(f"backend: {engine.name}", err=True)
     bars = not quiet and sys.stderr.isatty()  # no control characters in logs and CI output
-    upscaler = Upscaler.from_engine(engine)
     pipeline = getattr(engine, "pipeline", None)  # graph backends report stages and tile progress
     failed = 0
     overall = tqdm(total=len(sources), desc="images", unit="img", disable=not bars or len(sources) < 2, position=0)
@@ -210,6 +222,18 @@ def main(inputs, out, scale, size, model_dir, checkpoint, backend, precision, de
         overall.update(1)
     overall.close()
     sys.exit(1 if failed else 0)
+
+
+def remote_upscaler(url: str, name: str, **local):
+    """The Triton client for ``--server``; the options of a local engine are the server's then."""
+    given = [f"--{k.replace('_', '-')}" for k, v in local.items()
+             if v is not None and v != {"backend": "auto", "precision": "auto", "device": "cpu"}.get(k)]
+    if given:
+        raise click.UsageError(f"--server runs the server's model and engine: {', '.join(given)} "
+                               "belong to clit-serve there")
+    from clit.serve.client import RemoteUpscaler  # tritonclient only when asked for
+
+    return RemoteUpscaler(url, name=name)
 
 
 def process(src: Path, dst: Path, upscaler, pipeline, engine, scale, size, bit_depth, overwrite, max_pixels,

@@ -135,13 +135,14 @@ def tensorrt_usable() -> bool:
 
 def make_engine(backend: str = "auto", model_dir: Path | None = None, checkpoint: Path | None = None,
                 precision: str = "auto", chunk: int | None = None, device: str = "cpu",
-                tile: int | None = None, cache_dir: Path | None = None, memory_limit: int | None = None) -> Engine:
+                tile: int | None = None, cache_dir: Path | None = None, memory_limit: int | None = None,
+                threads: int = 0) -> Engine:
     """The engine for ``backend``: ``auto`` picks tensorrt (when usable) or onnxruntime for a
     model directory and torch for a checkpoint.  With neither, the bundled default model is
     used (its checkpoint for ``backend='torch'``).  ``tile`` (LR pixels, graph backends)
     evaluates the output in tiles with bounded memory; ``memory_limit`` (bytes) is the
-    process size the memory plan aims at (default 4 GiB).  Raises ``ValueError`` for impossible
-    combinations."""
+    process size the memory plan aims at (default 4 GiB); ``threads``: ONNX Runtime's intra-op
+    threads (0: its default, every core).  Raises ``ValueError`` for impossible combinations."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r} (one of {', '.join(BACKENDS)})")
     if precision not in PRECISIONS:
@@ -169,7 +170,8 @@ def make_engine(backend: str = "auto", model_dir: Path | None = None, checkpoint
     if backend == "onnxruntime":
         if model_dir is None:
             raise ValueError("the onnxruntime backend needs a model directory (clit-export makes one)")
-        return OnnxEngine(Path(model_dir), precision=precision, chunk=chunk, tile=tile, memory_limit=memory_limit)
+        return OnnxEngine(Path(model_dir), precision=precision, chunk=chunk, tile=tile, memory_limit=memory_limit,
+                          threads=threads)
     if checkpoint is None:
         raise ValueError("the torch backend needs a checkpoint (.pth)")
     if precision == "fp16":

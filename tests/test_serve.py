@@ -1,0 +1,380 @@
+"""clit.serve: the Triton model repository, a real tritonserver serving it, and the client.
+
+The server tests start nvidia-pytriton's tritonserver (or the one on PATH) on loopback ports
+and stop it again; they skip when neither tritonserver nor tritonclient is installed, except
+under ``CLIT_REQUIRE_TRITON=1`` (``make test-serve``, which CI runs), where that fails.
+Every answer is compared bit for bit with :meth:`Upscaler.upscale` in this process (the
+server's model instances run this same Python environment).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clit.runtime.errors import describe
+from clit.runtime.images import read_image, write_image
+from clit.runtime.upscaler import Upscaler
+from clit.serve.client import split_url
+from clit.serve.repository import MARKER, ServeOptions, model_names, write_repository
+from clit.serve.server import TritonServer, find_tritonserver
+from clit.serve.triton_model import RequestError, RequestHandler
+
+REQUIRED = os.environ.get("CLIT_REQUIRE_TRITON") == "1"
+
+
+def _server_missing() -> str | None:
+    if find_tritonserver() is None:
+        return "no tritonserver (not on PATH, nvidia-pytriton not installed): make test-serve runs these"
+    try:
+        import tritonclient.grpc  # noqa: F401
+        import tritonclient.http  # noqa: F401
+    except ImportError:
+        return "tritonclient not installed (pip install 'clit[client]'): make test-serve runs these"
+    return None
+
+
+def needs_server():
+    reason = _server_missing()
+    if reason and REQUIRED:
+        pytest.fail(f"CLIT_REQUIRE_TRITON=1 but {reason}")
+    if reason:
+        pytest.skip(reason)
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="module")
+def local():
+    return Upscaler()  # the bundled model, ONNX Runtime on the CPU: what each instance runs
+
+
+# ------------------------------------------------------------------ repository (no server)
+def test_repository_layout_and_configs(tmp_path):
+    repo = write_repository(tmp_path / "repo", opts=ServeOptions(instances=3, threads=1, max_memory=1 << 30))
+    names = model_names("clit")
+    assert sorted(p.name for p in repo.iterdir()) == sorted([*names.values(), MARKER])
+    assert (repo / "clit/1/model/manifest.json").is_file()  # the model directory, beside the model
+    assert not (repo / "clit_16bit/1/model").exists()  # one copy, named by the 16-bit config
+    for depth, name in names.items():
+        text = (repo / name / "config.pbtxt").read_text()
+        kind = "UINT8" if depth == 8 else "UINT16"
+        assert f'name: "{name}"' in text and 'backend: "python"' in text
+        assert f'{{ name: "image" data_type: TYPE_{kind} dims: [ -1, -1, -1 ] }}' in text
+        assert f'{{ name: "upscaled" data_type: TYPE_{kind} dims: [ -1, -1, -1 ] }}' in text
+        assert ('name: "bits"' in text) == (depth == 16)
+        assert "count: 3 kind: KIND_CPU" in text
+        assert '{ key: "model_dir" value: { string_value: "clit/1/model" } }' in text
+        assert '{ key: "max_memory" value: { string_value: "1073741824" } }' in text
+        assert "from clit.serve.triton_model import TritonPythonModel" in (repo / name / "1/model.py").read_text()
+    gpu = write_repository(tmp_path / "gpu", opts=ServeOptions(backend="tensorrt"))
+    assert "kind: KIND_GPU" in (gpu / "clit/config.pbtxt").read_text()
+
+
+def test_repository_write_discipline(tmp_path):
+    target = tmp_path / "repo"
+    write_repository(target)
+    with pytest.raises(FileExistsError, match="--force"):
+        write_repository(target)
+    write_repository(target, opts=ServeOptions(instances=2), force=True)
+    assert "count: 2" in (target / "clit/config.pbtxt").read_text()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="refusing"):
+        write_repository(other, force=True)  # a folder clit-serve did not write is never replaced
+    bad = tmp_path / "not_a_model"
+    bad.mkdir()
+    with pytest.raises(ValueError, match="not a model directory"):
+        write_repository(tmp_path / "r2", bad)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not_a_model", "other", "repo"]  # nothing half-written
+    for opts in ({"backend": "torch"}, {"instances": 0}, {"precision": "fp8"}):
+        with pytest.raises(ValueError):
+            ServeOptions(**opts)
+
+
+def test_split_url():
+    assert split_url("localhost:8000") == ("http", "localhost:8000")
+    assert split_url("http://h:1/") == ("http", "h:1")
+    assert split_url("grpc://10.0.0.2:8001") == ("grpc", "10.0.0.2:8001")
+    for bad in ("https://h:1", "h:1/v2", "grpc://"):
+        with pytest.raises(ValueError, match="host:port"):
+            split_url(bad)
+
+
+def test_request_handler_validates_before_work(local):
+    handler = RequestHandler(local, depth=8, max_pixels=1000, max_memory=1 << 30)
+    img = np.random.default_rng(1).integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    cases = [
+        ((img.astype(np.uint16),), {"scale": [2.0]}, "must be uint8 for this model"),
+        ((img[:, :, :2].repeat(3, axis=2),), {"scale": [2.0]}, "C in 1-4"),
+        ((img[:0],), {"scale": [2.0]}, "zero size"),
+        ((np.zeros((40, 40, 3), np.uint8),), {"scale": [2.0]}, "over the limit of 1,000 pixels"),
+        ((img,), {}, "exactly one of scale or size"),
+        ((img,), {"scale": [2.0], "size": [4, 4]}, "exactly one of scale or size"),
+        ((img,), {"scale": [2.0, 3.0, 4.0]}, "one value or"),
+        ((img,), {"size": [4]}, "size is (H, W)"),
+        ((img,), {"scale": [2.0], "bits": [16]}, "bits must be 8 for this model"),
+    ]
+    for args, kwargs, message in cases:
+        with pytest.raises(RequestError) as err:
+            handler(*args, **kwargs)
+        assert message in str(err.value), (message, err.value)
+    with pytest.raises(ValueError, match="needs 3 cascade stages"):
+        handler(img, scale=[20.0])
+    with pytest.raises(RequestError, match="more than this instance's memory plan leaves"):
+        RequestHandler(local, depth=8, max_memory=1 << 30)(np.zeros((1000, 1000, 3), np.uint8), scale=[16.0])
+    np.testing.assert_array_equal(handler(img, scale=[2.5]), local.upscale(img, scale=2.5))
+    h16 = RequestHandler(local, depth=16)
+    img16 = img.astype(np.uint16) * 257
+    out = h16(img16, size=[30, 17], bits=[8])
+    assert out.dtype == np.uint16 and out.max() <= 255
+    np.testing.assert_array_equal(out, local.upscale(img16, size=(30, 17), dtype=np.uint8))
+
+
+# ------------------------------------------------------------------ a real server
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    needs_server()
+    repo = write_repository(tmp_path_factory.mktemp("triton") / "repo",
+                            opts=ServeOptions(backend="onnxruntime", instances=2, max_memory=1 << 30))
+    http, grpc, metrics = free_ports(3)
+    srv = TritonServer(repo, http_port=http, grpc_port=grpc, metrics_port=metrics, host="127.0.0.1")
+    srv.start(timeout=240)
+    yield srv
+    code = srv.stop()
+    assert code == 0, f"tritonserver exit code {code}"
+
+
+@pytest.fixture(scope="module", params=["http", "grpc"])
+def remote(server, request):
+    from clit.serve.client import RemoteUpscaler
+
+    url = server.url if request.param == "http" else f"grpc://127.0.0.1:{server.grpc_port}"
+    client = RemoteUpscaler(url)
+    yield client
+    client.close()
+
+
+def _image(rng, shape, dtype):
+    return rng.integers(0, np.iinfo(dtype).max + 1, shape, dtype=dtype)
+
+
+CASES = [  # shape, input dtype, output dtype (None: the input's), scale / size
+    ((20, 23, 3), np.uint8, None, {"scale": 2.5}),
+    ((17, 13, 3), np.uint16, None, {"scale": (2.0, 3.5)}),
+    ((15, 14), np.uint8, None, {"scale": 3.7}),  # gray (H, W)
+    ((14, 15, 1), np.uint16, None, {"size": (33, 41)}),  # gray (H, W, 1), an exact size
+    ((16, 12, 4), np.uint8, None, {"scale": 4}),  # RGBA: alpha bicubic
+    ((12, 16, 2), np.uint16, None, {"scale": 6}),  # gray + alpha, the two-branch cascade
+    ((13, 11, 3), np.uint8, np.uint16, {"scale": 2}),  # 8-bit input written as 16-bit
+    ((11, 13, 4), np.uint16, np.uint8, {"scale": 3}),  # 16-bit input written as 8-bit
+]
+
+
+def test_answers_equal_upscaler_bit_for_bit(remote, local):
+    rng = np.random.default_rng(7)
+    for shape, dtype, want, kwargs in CASES:
+        img = _image(rng, shape, dtype)
+        got = remote.upscale(img, dtype=want, **kwargs)
+        expected = local.upscale(img, dtype=want, **kwargs)
+        assert got.shape == expected.shape and got.dtype == expected.dtype, (shape, kwargs)
+        assert np.array_equal(got, expected), (shape, dtype, want, kwargs)
+
+
+def test_concurrent_clients_all_answers_correct(server, local):
+    from clit.serve.client import RemoteUpscaler
+
+    rng = np.random.default_rng(11)
+    jobs = []
+    for i in range(32):  # 4 clients x 8 requests, mixed sizes, depths and scales
+        shape, dtype, want, kwargs = CASES[i % len(CASES)]
+        shape = (shape[0] + i % 5, shape[1] + i % 3) + shape[2:]
+        img = _image(rng, shape, dtype)
+        jobs.append((img, want, kwargs, local.upscale(img, dtype=want, **kwargs)))
+    results, errors = {}, []
+
+    def client(k):
+        try:
+            up = RemoteUpscaler(server.url if k % 2 else f"grpc://127.0.0.1:{server.grpc_port}")
+            for j in range(k, len(jobs), 4):
+                img, want, kwargs, _ = jobs[j]
+                results[j] = up.upscale(img, dtype=want, **kwargs)
+            up.close()
+        except Exception as exc:  # reported below, with the thread's request
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    assert sorted(results) == list(range(len(jobs))), "answers lost"
+    for j, (_, _, _, expected) in enumerate(jobs):
+        assert np.array_equal(results[j], expected), j
+
+
+def _raw_infer(server, model, tensors):
+    """A request built by hand with tritonclient (bypassing RemoteUpscaler's own checks)."""
+    import tritonclient.http as http
+
+    client = http.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+    inputs = []
+    for name, array, datatype in tensors:
+        t = http.InferInput(name, list(array.shape), datatype)
+        t.set_data_from_numpy(array, binary_data=True)
+        inputs.append(t)
+    try:
+        return client.infer(model, inputs)
+    finally:
+        client.close()
+
+
+def test_bad_requests_get_one_line_errors_and_the_server_stays_up(server, local, remote):
+    from tritonclient.utils import InferenceServerException
+
+    rng = np.random.default_rng(3)
+    img = _image(rng, (10, 12, 3), np.uint8)
+    scale = ("scale", np.array([2.0]), "FP64")
+
+    def refused(model, tensors):
+        with pytest.raises(InferenceServerException) as err:
+            _raw_infer(server, model, tensors)
+        return err.value.message()
+
+    def local_line(**kwargs):  # what clit-infer prints for the same input (after "error: FILE: ")
+        with pytest.raises(Exception) as err:
+            local.upscale(kwargs.pop("image", img), **kwargs)
+        return describe(err.value)
+
+    # bad dtype: Triton itself checks the input's type against config.pbtxt
+    assert "FP32" in refused("clit", [("image", img.astype(np.float32), "FP32"), scale])
+    assert "INT16" in refused("clit_16bit", [("image", img.astype(np.int16), "INT16"), scale])
+    # the model's own checks: the same one line as clit-infer
+    assert refused("clit", [("image", img, "UINT8"), ("scale", np.array([20.0]), "FP64")]) == local_line(scale=20)
+    assert refused("clit", [("image", img, "UINT8"), ("scale", np.array([-2.0]), "FP64")]) == local_line(scale=-2.0)
+    assert refused("clit", [("image", img, "UINT8"), ("size", np.array([0, 5], np.int32), "INT32")]) == \
+        local_line(size=(0, 5))
+    assert refused("clit", [("image", img, "UINT8")]) == local_line()
+    assert refused("clit", [("image", np.zeros((0, 4, 3), np.uint8), "UINT8"), scale]) == "image has zero size"
+    five = _image(rng, (6, 6, 5), np.uint8)
+    assert "C in 1-4" in refused("clit", [("image", five, "UINT8"), scale])
+    assert "bits must be 8 or 16" in refused("clit_16bit", [("image", img.astype(np.uint16), "UINT16"), scale,
+                                                            ("bits", np.array([12], np.int32), "INT32")])
+    big = np.zeros((1000, 1000, 3), np.uint8)  # x16: 16000x16000, 1.4 GiB with its copy, over the 1 GiB plan
+    assert "memory plan" in refused("clit", [("image", big, "UINT8"), ("scale", np.array([16.0]), "FP64")])
+    with pytest.raises(ValueError, match="needs 3 cascade stages"):  # through the client: the same line
+        remote.upscale(img, scale=20)
+    good = _image(rng, (9, 8, 3), np.uint8)
+    assert np.array_equal(remote.upscale(good, scale=3), local.upscale(good, scale=3))
+    assert server.ready() and server.process.poll() is None
+
+
+def test_health_and_metrics(server, remote):
+    remote.upscale(np.full((8, 8, 3), 100, np.uint8), scale=2)
+    with urllib.request.urlopen(f"{server.url}/v2/health/ready", timeout=10) as answer:
+        assert answer.status == 200
+    with urllib.request.urlopen(f"{server.url}/v2/health/live", timeout=10) as answer:
+        assert answer.status == 200
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    counts = [line for line in text.splitlines() if line.startswith('nv_inference_request_success{model="clit"')]
+    assert counts and float(counts[0].rsplit(" ", 1)[1]) >= 1, counts
+
+
+def _cli(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def test_clit_infer_server_writes_the_same_files(server, tmp_path):
+    rng = np.random.default_rng(5)
+    src = tmp_path / "in"
+    src.mkdir()
+    write_image(src / "rgb.png", _image(rng, (21, 18, 3), np.uint8))
+    write_image(src / "deep.png", _image(rng, (14, 17, 3), np.uint16), bit_depth=16)
+    write_image(src / "gray.png", _image(rng, (15, 12), np.uint8))
+    write_image(src / "rgba.png", _image(rng, (12, 13, 4), np.uint8))
+    outs = {}
+    for mode, extra in (("local", []), ("http", ["--server", server.url]),
+                        ("grpc", ["--server", f"grpc://127.0.0.1:{server.grpc_port}"])):
+        done = _cli("clit.runtime.cli", str(src), "--scale", "2.5", "-o", str(tmp_path / mode) + "/", *extra)
+        assert done.returncode == 0, done.stderr
+        outs[mode] = {p.name: p.read_bytes() for p in sorted((tmp_path / mode).iterdir())}
+    assert sorted(outs["local"]) == ["deep.png", "gray.png", "rgb.png", "rgba.png"]
+    assert read_image(tmp_path / "http" / "deep.png").bit_depth == 16
+    assert outs["http"] == outs["local"] and outs["grpc"] == outs["local"]
+    done = _cli("clit.runtime.cli", str(src / "rgb.png"), "--scale", "20", "-o", str(tmp_path / "x20.png"),
+                "--server", server.url)
+    assert done.returncode == 1 and "needs 3 cascade stages" in done.stderr and not (tmp_path / "x20.png").exists()
+    done = _cli("clit.runtime.cli", str(src / "rgb.png"), "--scale", "2", "-o", str(tmp_path / "t.png"),
+                "--server", server.url, "--tile", "64")
+    assert done.returncode == 2 and "--tile belong to clit-serve" in done.stderr
+
+
+def test_clit_infer_server_unreachable(tmp_path):
+    needs_server()
+    (port,) = free_ports(1)
+    write_image(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8))
+    done = _cli("clit.runtime.cli", str(tmp_path / "a.png"), "--scale", "2", "-o", str(tmp_path / "b.png"),
+                "--server", f"127.0.0.1:{port}")
+    assert done.returncode == 2 and f"127.0.0.1:{port}: no Triton server answers" in done.stderr
+
+
+def test_clit_serve_starts_serves_and_stops_on_ctrl_c(tmp_path, local):
+    needs_server()
+    from clit.serve.client import RemoteUpscaler
+
+    http, grpc, metrics = free_ports(3)
+    proc = subprocess.Popen([sys.executable, "-m", "clit.serve.cli", "--host", "127.0.0.1", "--http-port", str(http),
+                             "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--backend", "onnxruntime"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        up = None
+        while up is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                up = RemoteUpscaler(f"127.0.0.1:{http}")
+            except Exception:
+                time.sleep(0.5)
+        assert up is not None, proc.stderr.read() if proc.poll() is not None else "not ready in time"
+        img = _image(np.random.default_rng(2), (9, 10, 3), np.uint8)
+        assert np.array_equal(up.upscale(img, scale=2), local.upscale(img, scale=2))
+        up.close()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "serving clit, clit_16bit" in err and "stopping" in err
+    with pytest.raises(OSError):  # the port is closed: the server is gone
+        socket.create_connection(("127.0.0.1", http), timeout=2).close()
+
+
+def test_clit_serve_write_repo(tmp_path):
+    done = _cli("clit.serve.cli", "--write-repo", str(tmp_path / "repo"), "--instances", "2")
+    assert done.returncode == 0, done.stderr
+    assert "count: 2" in (tmp_path / "repo/clit/config.pbtxt").read_text()
+    again = _cli("clit.serve.cli", "--write-repo", str(tmp_path / "repo"))
+    assert again.returncode == 2 and "--force" in again.stderr
+    assert Path(tmp_path / "repo" / MARKER).is_file()
