@@ -21,6 +21,13 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+# Bounds of the manifest's decoder_grouping caps: the grouped decoder's largest tensor at the
+# TensorRT profile maxima, (max_groups + 2r)^2 x 49 x heads x hidden, stays below 2^31 elements
+# (TensorRT 8.5/10.0's volume limit) up to hidden 1024 at max_groups 64.
+MAX_GROUPING_RUN = 16
+MAX_GROUPING_GROUPS = 64
+
+
 class ModelDirError(ValueError):
     """A model directory that cannot be used; one-line message naming the reason."""
 
@@ -103,6 +110,14 @@ def _check_schema(path: Path, data) -> None:
     for key, kind in (("window_size", int), ("encoder_halo", int), ("precisions", list)):
         if key in data:
             need(data, key, kind, "")
+    if "decoder_grouping" in data:  # the grouped decoder's block caps size its TensorRT profiles
+        rule = need(data, "decoder_grouping", dict, "")
+        checks = {"min_queries_per_pixel": ((int, float), lambda v: 0 < v < float("inf")),
+                  "max_run": (int, lambda v: 1 <= v <= MAX_GROUPING_RUN),
+                  "max_groups": (int, lambda v: 1 <= v <= MAX_GROUPING_GROUPS)}
+        for key, (kind, check) in checks.items():
+            if key in rule:
+                need(rule, key, kind, "decoder_grouping.", check)
     seen = set()
     for i, g in enumerate(graphs):
         where = f"graphs[{i}]."

@@ -71,6 +71,11 @@ def test_swapped_graphs_are_refused(model, tmp_path):
     (lambda d: d.update(format_version=FORMAT_VERSION + 1), "format version"),
     (lambda d: d.update(format_version=1), "made by an earlier clit: re-export it with clit-export"),
     (lambda d: d.update(graphs=[g for g in d["graphs"] if g["kind"] != "grouped"]), "no grouped graph for branch 1"),
+    (lambda d: d["decoder_grouping"].update(max_groups=0), "decoder_grouping.'max_groups'"),
+    (lambda d: d["decoder_grouping"].update(max_groups=200), "decoder_grouping.'max_groups'"),
+    (lambda d: d["decoder_grouping"].update(max_run=2.5), "decoder_grouping.'max_run'"),
+    (lambda d: d["decoder_grouping"].update(min_queries_per_pixel=-1), "decoder_grouping.'min_queries_per_pixel'"),
+    (lambda d: d.update(decoder_grouping=[1]), "'decoder_grouping' is missing or not dict"),
 ])
 def test_manifest_schema_errors_are_one_line(model, tmp_path, change, message):
     edit_manifest(model, change)

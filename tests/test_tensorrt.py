@@ -34,7 +34,7 @@ from clit.runtime.tensorrt.backend import (
 )
 from clit.runtime.tensorrt.build_cli import main as build_cli
 from clit.runtime.tensorrt.engine_cache import EngineCache, cache_key
-from clit.runtime.tensorrt.profiles import BuildLimits, input_profiles, outside_profile
+from clit.runtime.tensorrt.profiles import BuildLimits, dim_ranges, input_profiles, outside_profile
 
 
 @pytest.fixture
@@ -96,6 +96,11 @@ def test_profiles_shapes_and_unknown_dims(model_dir):
     assert dec1["rows"][2] == (300 * 4,) and dec1["q"][2][1] == manifest.data["base_dim"]
     assert dec1["q"][2][2] == 100 * 4 + 2 * 3 + 6
     assert "offset" not in dec1  # static inputs need no profile
+    for lim in (limits, BuildLimits(tile=100, max_queries=10, max_image=300), BuildLimits()):
+        dims = dim_ranges(manifest, manifest.graph("grouped", 0), lim)
+        assert all(lo <= opt <= hi for lo, opt, hi in dims.values()), dims
+        # a grouped block has R x S queries: N is tuned for the block R and S are tuned for
+        assert dims["N"][1] == min(dims["R"][1] * dims["S"][1], dims["N"][2])
     odd = GraphEntry("decoder", 0, "x.onnx", "", [{"name": "q", "shape": [1, 8, "zz", 3]}], [])
     with pytest.raises(ModelDirError, match="zz"):
         input_profiles(manifest, odd, limits)

@@ -76,9 +76,11 @@ def dim_ranges(manifest: Manifest, graph: GraphEntry, limits: BuildLimits) -> di
             dims.update(hq=(1, reach, reach), wq=(1, reach, reach),
                         Gy=(1, min(16, groups), groups), Gx=(1, min(16, groups), groups),
                         My=(1, min(4, run), run), Mx=(1, min(4, run), run),
-                        R=(1, min(64, side), side), S=(1, min(64, side), side),
-                        # a block holds at least one whole group (up to run^2 queries) whatever the chunk
-                        N=(1, min(queries[1], side * side), min(max(limits.max_queries, run * run), side * side)))
+                        R=(1, min(64, side), side), S=(1, min(64, side), side))
+            # a block holds at least one whole group (up to run^2 queries) whatever the chunk; its
+            # queries are R x S, so N is tuned for the block that R and S are tuned for
+            n_max = min(max(limits.max_queries, run * run), side * side)
+            dims["N"] = (1, min(dims["R"][1] * dims["S"][1], n_max), n_max)
         return dims
     raise ModelDirError(f"unknown graph kind {graph.kind!r}")
 
