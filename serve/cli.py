@@ -15,7 +15,7 @@ from clit.runtime.images import DEFAULT_MAX_PIXELS
 from clit.runtime.memory_plan import parse_bytes
 
 from .repository import ServeOptions, model_names, write_repository
-from .server import TritonBinary, TritonServer
+from .server import TritonServer, binary_at
 
 
 def _memory(ctx, param, value):
@@ -53,10 +53,13 @@ def _memory(ctx, param, value):
               help="The tritonserver binary [default: the one on PATH, else nvidia-pytriton's].")
 @click.option("--timeout", type=click.FloatRange(min=1), default=300, show_default=True,
               help="Seconds to wait for the server to be ready.")
-@click.option("-v", "--verbose", is_flag=True, help="Triton's verbose log.")
+@click.option("--log-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Keep Triton's log (the server's and every model instance's output) in this file "
+                   "[default: a temporary file; its error lines are shown when the server fails].")
+@click.option("-v", "--verbose", is_flag=True, help="Triton's verbose log, on stderr.")
 @error_boundary("clit-serve")
 def main(model_dir, write_repo, force, name, instances, backend, precision, threads, max_memory, max_pixels, host,
-         http_port, grpc_port, metrics_port, binary, timeout, verbose):
+         http_port, grpc_port, metrics_port, binary, timeout, log_file, verbose):
     """Serve MODEL_DIR (default: the bundled model) on Triton Inference Server: KServe v2
     HTTP/gRPC, health (/v2/health/ready) and Prometheus metrics (/metrics).
 
@@ -85,14 +88,16 @@ def main(model_dir, write_repo, force, name, instances, backend, precision, thre
     with tempfile.TemporaryDirectory(prefix="clit-repo-") as tmp:
         repo = write_repository(Path(tmp) / "repository", model_dir, name=name, opts=opts)
         server = TritonServer(repo, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, host=host,
-                              binary=None if binary is None else TritonBinary(binary), verbose=verbose)
+                              binary=None if binary is None else binary_at(binary), verbose=verbose,
+                              log_file=log_file, passthrough=verbose and log_file is None)
         stop = {"signal": None}
 
         def on_signal(signum, frame):
             stop["signal"] = signum
             raise KeyboardInterrupt
 
-        signal.signal(signal.SIGTERM, on_signal)
+        for sig in (signal.SIGTERM, signal.SIGHUP):  # a closed terminal stops the server too
+            signal.signal(sig, on_signal)
         try:
             server.start(timeout=timeout)
             click.echo(f"serving {', '.join(model_names(name).values())} ({instances} instance"
@@ -104,7 +109,7 @@ def main(model_dir, write_repo, force, name, instances, backend, precision, thre
         except KeyboardInterrupt:
             click.echo("stopping", err=True)
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the shutdown short
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a second Ctrl-C must not cut it short
                 signal.signal(sig, signal.SIG_IGN)
             server.stop()
     sys.exit(0)

@@ -53,15 +53,22 @@ class RemoteUpscaler:
         kwargs = {} if protocol == "grpc" else {"network_timeout": timeout, "connection_timeout": 10.0}
         self.client = client.InferenceServerClient(address, **kwargs)
         self.models = model_names(name)
+        # health first, with short timeouts (a hung server must not hold this for the request timeout)
+        probe = client.InferenceServerClient(address, **({} if protocol == "grpc" else
+                                                          {"network_timeout": 10.0, "connection_timeout": 10.0}))
+        ask = {"client_timeout": 10.0} if protocol == "grpc" else {}
         try:
-            live = self.client.is_server_ready()
-        except Exception as exc:  # refused, DNS, TLS: the transport's own exceptions
+            live = probe.is_server_ready(**ask)
+            ready = {m: live and probe.is_model_ready(m, **ask) for m in self.models.values()}
+        except Exception as exc:  # refused, DNS, TLS, timeouts: the transport's own exceptions
             raise RemoteError(f"{url}: no Triton server answers ({str(exc).splitlines()[0] if str(exc) else exc!r})"
                               ) from None
+        finally:
+            probe.close()
         if not live:
             raise RemoteError(f"{url}: the Triton server is not ready")
         for model in self.models.values():
-            if not self.client.is_model_ready(model):
+            if not ready[model]:
                 raise RemoteError(f"{url}: model {model!r} is not ready on the server (clit-serve serves "
                                   f"{'/'.join(model_names('clit').values())} by default; --server-model names others)")
         self.name = f"triton {url} (models {', '.join(self.models.values())})"
@@ -75,7 +82,9 @@ class RemoteUpscaler:
         return tensor
 
     def upscale(self, image: np.ndarray, scale=None, size=None, dtype=None) -> np.ndarray:
-        """As :meth:`clit.runtime.upscaler.Upscaler.upscale` for uint8 and uint16 images."""
+        """As :meth:`clit.runtime.upscaler.Upscaler.upscale` for uint8 and uint16 images (over
+        HTTP the array is read-only: it is the answer's buffer).  gRPC carries at most 2 GiB per
+        message; HTTP has no such limit for binary tensors."""
         arr = np.asarray(image)
         flat = arr.ndim == 2
         if flat:

@@ -9,7 +9,9 @@ Layout (mount the folder as Triton's ``--model-repository``)::
     REPO/clit_16bit/1/model.py
 
 Triton fixes one data type per input, hence one model per sample depth; both run the same
-model directory (the 16-bit one names it by a path relative to the repository).  Inputs
+model directory (the 16-bit one names it by a path relative to the repository, so the
+repository is used where it lies: a local folder or a mount, not an S3/GCS/Azure repository,
+which Triton copies model by model).  Inputs
 besides ``image``: ``scale`` (FP64, one value or (sh, sw)) or ``size`` (INT32, (H, W)), and
 for the 16-bit model ``bits`` (INT32, 8 or 16: the output's quantisation, default 16), so
 that 16-bit input written as 8-bit is quantised once, as ``clit-infer`` does.
@@ -37,6 +39,7 @@ is named by this model's config.pbtxt (parameter model_dir, relative to the repo
 from clit.serve.triton_model import TritonPythonModel  # noqa: F401
 '''
 DEPTHS = {8: "TYPE_UINT8", 16: "TYPE_UINT16"}
+UNSAFE_PATH_CHARS = " \t\n'\"\\$`;&|<>()*?[]{}!#~"
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,10 @@ def write_repository(out, model_dir=None, name: str = "clit", opts: ServeOptions
         raise ValueError("no model directory given and this installation has no bundled default model")
     load_manifest(source)  # a broken model directory is named now, not when Triton loads it
     out = Path(out)
+    unsafe = set(str(out.resolve())) & set(UNSAFE_PATH_CHARS)
+    if unsafe:  # Triton up to r25.06 starts the stub through an unquoted `bash -c` (stub_launcher.cc)
+        raise ValueError(f"{out}: Triton cannot start a Python model under a path with "
+                         f"{' '.join(repr(c) for c in sorted(unsafe))}; choose another folder")
     check_replaceable(out, force, MARKER)
     names = model_names(name)
     inside = f"{names[8]}/1/model"

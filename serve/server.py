@@ -12,7 +12,9 @@ onnxruntime, clit).
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -23,10 +25,16 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-STUB_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
+# tritonserver APIs that clients of an upscaler never need and that could change the server
+# (Triton's secure-deployment guide restricts them; PyTriton does by default): behind a
+# header only this process knows, i.e. off.
+RESTRICTED_HTTP = "shared-memory,model-repository,trace,logging"
+RESTRICTED_GRPC = "shared-memory,model-repository,trace,logging"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 SHM_DEFAULT = 16 << 20  # the Python backend's first shared-memory region per instance
 SHM_GROWTH = 64 << 20  # and its growth steps (an x4 1080p answer is ~100 MB)
 
@@ -49,17 +57,22 @@ def find_tritonserver() -> TritonBinary | None:
     """The tritonserver on PATH, else nvidia-pytriton's (found without importing pytriton)."""
     on_path = shutil.which("tritonserver")
     if on_path:
-        return TritonBinary(Path(on_path))
+        return binary_at(Path(on_path))
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
         return None
-    root = Path(list(spec.submodule_search_locations)[0])
-    dist = root / "tritonserver"
-    binary = dist / "bin" / "tritonserver"
-    if not binary.is_file():
-        return None
-    return TritonBinary(binary, libs=root.parent / "nvidia_pytriton.libs", python_backend=dist / "backends" / "python",
-                        stubs=dist / "python_backend_stubs")
+    binary = Path(list(spec.submodule_search_locations)[0]) / "tritonserver" / "bin" / "tritonserver"
+    return binary_at(binary) if binary.is_file() else None
+
+
+def binary_at(path: Path) -> TritonBinary:
+    """``path`` as a TritonBinary: with pytriton's libraries and stubs when it is pytriton's
+    (``pytriton/tritonserver/bin/tritonserver`` beside ``python_backend_stubs``)."""
+    dist = Path(path).resolve().parent.parent
+    if not (dist / "python_backend_stubs").is_dir():
+        return TritonBinary(Path(path))
+    return TritonBinary(Path(path), libs=dist.parent.parent / "nvidia_pytriton.libs",
+                        python_backend=dist / "backends" / "python", stubs=dist / "python_backend_stubs")
 
 
 def _backend_dir(binary: TritonBinary, where: Path) -> Path | None:
@@ -74,10 +87,20 @@ def _backend_dir(binary: TritonBinary, where: Path) -> Path | None:
                           f"{', '.join(have) or 'none'}); run clit-serve with one of those")
     python = where / "python"
     python.mkdir(parents=True)
-    for name in STUB_FILES:
-        (python / name).symlink_to(binary.python_backend / name)
+    for entry in binary.python_backend.iterdir():  # the backend as shipped, plus this Python's stub
+        if entry.name not in ("__pycache__", "triton_python_backend_stub"):
+            (python / entry.name).symlink_to(entry)
     (python / "triton_python_backend_stub").symlink_to(stub)
     return where
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies (as PyTriton does), so a killed
+    clit-serve leaves no tritonserver holding the ports (Linux; elsewhere nothing)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
 
 
 @dataclass
@@ -93,26 +116,37 @@ class TritonServer:
     binary: TritonBinary | None = None
     exit_timeout: int = 10
     verbose: bool = False
+    log_file: Path | None = None  # where Triton's output goes (kept); None: a temporary file
+    passthrough: bool = False  # Triton's output to this process's stderr instead
     process: subprocess.Popen | None = field(default=None, init=False)
     _work: Path | None = field(default=None, init=False)
+    _id: str = field(default_factory=lambda: f"clit-{uuid.uuid4().hex[:12]}", init=False)
 
     @property
     def url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        return f"http://{host}:{self.http_port}"
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else ("::1" if self.host == "::" else self.host)
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.http_port}"
 
     @property
     def log_path(self) -> Path | None:
+        if self.log_file is not None:
+            return Path(self.log_file)
         return None if self._work is None else self._work / "tritonserver.log"
 
+    @property
+    def shm_prefix(self) -> str:
+        return f"{self._id.replace('-', '_')}_"  # the Python backend's shared-memory regions of this server
+
     def command(self, backend_dir: Path | None) -> list[str]:
-        prefix = f"clit{os.getpid()}_{self.http_port}_"  # Python-backend shared memory, per server
-        cmd = [str(self.binary.path), f"--model-repository={Path(self.repository).resolve()}",
+        token = uuid.uuid4().hex  # never given out: the restricted APIs are off
+        cmd = [str(self.binary.path), f"--model-repository={Path(self.repository).resolve()}", f"--id={self._id}",
                f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}",
                f"--metrics-port={self.metrics_port}", f"--http-address={self.host}", f"--grpc-address={self.host}",
                f"--metrics-address={self.host}", f"--exit-timeout-secs={self.exit_timeout}",
-               f"--log-verbose={1 if self.verbose else 0}",
-               f"--backend-config=python,shm-region-prefix-name={prefix}",
+               f"--log-verbose={1 if self.verbose else 0}", "--disable-auto-complete-config",
+               f"--http-restricted-api={RESTRICTED_HTTP}:clit-admin={token}",
+               f"--grpc-restricted-protocol={RESTRICTED_GRPC}:clit-admin={token}",
+               f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
                f"--backend-config=python,shm-default-byte-size={SHM_DEFAULT}",
                f"--backend-config=python,shm-growth-byte-size={SHM_GROWTH}"]
         if backend_dir is not None:
@@ -120,13 +154,22 @@ class TritonServer:
         return cmd
 
     def environment(self) -> dict:
+        """For pytriton's binary: its libraries appended to LD_LIBRARY_PATH (as PyTriton does),
+        and this Python's libpython where the loader would not find it (pyenv, a python.org
+        build; never a system library folder); this interpreter's bin first on PATH, so that
+        the stub's embedded Python finds this environment.  A tritonserver on PATH (NVIDIA's
+        container) keeps the environment as it is but for PATH."""
         env = dict(os.environ)
-        libs = [sysconfig.get_config_var("LIBDIR") or ""]  # the stub links this Python's libpython first
+        extra = []
         if self.binary.libs is not None:
-            libs.append(str(self.binary.libs))
-        env["LD_LIBRARY_PATH"] = os.pathsep.join([p for p in libs if p] + [env.get("LD_LIBRARY_PATH", "")]).rstrip(
-            os.pathsep)
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+            extra.append(str(self.binary.libs))
+            libdir = sysconfig.get_config_var("LIBDIR") or ""
+            ldlib = sysconfig.get_config_var("LDLIBRARY") or ""
+            if libdir and ldlib and (Path(libdir) / ldlib).exists() and not libdir.startswith(("/usr/lib", "/lib")):
+                extra.append(libdir)
+        if extra:
+            env["LD_LIBRARY_PATH"] = os.pathsep.join([p for p in [env.get("LD_LIBRARY_PATH", "")] + extra if p])
+        env["PATH"] = os.pathsep.join(p for p in [str(Path(sys.executable).parent), env.get("PATH", "")] if p)
         return env
 
     def start(self, timeout: float = 180) -> TritonServer:
@@ -137,9 +180,13 @@ class TritonServer:
         self._work = Path(tempfile.mkdtemp(prefix="clit-triton-"))
         try:
             backend_dir = _backend_dir(self.binary, self._work / "backends")
-            with open(self.log_path, "wb") as log:
-                self.process = subprocess.Popen(self.command(backend_dir), stdout=log, stderr=subprocess.STDOUT,
-                                                env=self.environment(), start_new_session=True)
+            popen = {"env": self.environment(), "start_new_session": True, "preexec_fn": _die_with_parent}
+            if self.passthrough:
+                self.process = subprocess.Popen(self.command(backend_dir), stdout=sys.stderr, **popen)
+            else:
+                with open(self.log_path, "ab") as log:
+                    self.process = subprocess.Popen(self.command(backend_dir), stdout=log, stderr=subprocess.STDOUT,
+                                                    **popen)
             self._wait_ready(timeout)
         except BaseException:
             self.stop()
@@ -157,15 +204,22 @@ class TritonServer:
         raise ServerError(f"tritonserver not ready after {timeout:.0f} s: {self.log_summary()}")
 
     def ready(self) -> bool:
-        """``GET /v2/health/ready`` answers 200."""
+        """``GET /v2/health/ready`` answers 200 and ``GET /v2`` names this server (not another
+        one that held the port), without any proxy."""
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         try:
-            with urllib.request.urlopen(f"{self.url}/v2/health/ready", timeout=2) as answer:
+            with opener.open(f"{self.url}/v2", timeout=2) as answer:
+                if json.loads(answer.read().decode()).get("name") != self._id:
+                    return False
+            with opener.open(f"{self.url}/v2/health/ready", timeout=2) as answer:
                 return answer.status == 200
-        except (urllib.error.URLError, OSError):
+        except (urllib.error.URLError, OSError, ValueError):
             return False
 
     def log_summary(self, lines: int = 3) -> str:
         """The log's error lines (the last few), for one-line failures."""
+        if self.passthrough:
+            return "see its output above"
         try:
             text = self.log_path.read_text(errors="replace").splitlines()
         except (OSError, AttributeError):
@@ -188,6 +242,8 @@ class TritonServer:
                 except subprocess.TimeoutExpired:
                     os.killpg(self.process.pid, signal.SIGKILL)
                     self.process.wait()
+                    for region in Path("/dev/shm").glob(f"{self.shm_prefix}*"):  # tritonserver removes them itself
+                        region.unlink(missing_ok=True)
             code = self.process.returncode
         if self._work is not None:
             shutil.rmtree(self._work, ignore_errors=True)

@@ -97,11 +97,27 @@ class RequestHandler:
 
 
 def _instance_threads(config: dict, value: str) -> int:
-    """ONNX Runtime threads of one instance: the parameter, or the cores shared by the instances."""
+    """ONNX Runtime threads of one instance: the parameter, or the cores this process may use
+    (its affinity: a container's CPU set) shared by the model's instances.  The other depth's
+    model has its own instances on the same cores; both are rarely busy at once."""
     if value != "auto":
         return int(value)
     count = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
-    return max(1, (os.cpu_count() or 1) // count)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // count)
+
+
+def visible_device(device_id: str, inherited: str | None) -> str:
+    """CUDA_VISIBLE_DEVICES for the instance on Triton's device ``device_id``: Triton numbers
+    the devices it sees, so under an inherited mask ("2,3") id 1 is the mask's second entry."""
+    if inherited:
+        devices = [d.strip() for d in inherited.split(",") if d.strip()]
+        if int(device_id) < len(devices):
+            return devices[int(device_id)]
+    return str(device_id)
 
 
 class TritonPythonModel:
@@ -116,7 +132,8 @@ class TritonPythonModel:
         # args["model_repository"] is this model's folder; model_dir is relative to the repository
         model_dir = Path(args["model_repository"]).parent / params["model_dir"]
         if args.get("model_instance_kind") == "GPU":  # one device per instance, before CUDA starts
-            os.environ["CUDA_VISIBLE_DEVICES"] = str(args["model_instance_device_id"])
+            os.environ["CUDA_VISIBLE_DEVICES"] = visible_device(args["model_instance_device_id"],
+                                                                os.environ.get("CUDA_VISIBLE_DEVICES"))
         max_memory = int(params.get("max_memory", "0")) or None
         engine = make_engine(params.get("backend", "auto"), model_dir=model_dir,
                              precision=params.get("precision", "auto"), memory_limit=max_memory,
@@ -138,7 +155,11 @@ class TritonPythonModel:
                                    self._input(request, "size"), self._input(request, "bits"))
                 responses.append(self.pb.InferenceResponse(output_tensors=[self.pb.Tensor("upscaled", out)]))
             except Exception as exc:  # one answer per request; the instance keeps serving
-                responses.append(self.pb.InferenceResponse(error=self.pb.TritonError(describe(exc))))
+                # the request's fault (bad input, beyond the model or the memory plan): INVALID_ARG
+                # (HTTP 400); anything else stays INTERNAL (HTTP 500), Triton's default
+                code = self.pb.TritonError.INVALID_ARG if isinstance(exc, (ValueError, TypeError)) else \
+                    self.pb.TritonError.INTERNAL
+                responses.append(self.pb.InferenceResponse(error=self.pb.TritonError(describe(exc), code)))
         return responses
 
     def finalize(self):

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -27,8 +28,8 @@ from clit.runtime.images import read_image, write_image
 from clit.runtime.upscaler import Upscaler
 from clit.serve.client import split_url
 from clit.serve.repository import MARKER, ServeOptions, model_names, write_repository
-from clit.serve.server import TritonServer, find_tritonserver
-from clit.serve.triton_model import RequestError, RequestHandler
+from clit.serve.server import ServerError, TritonServer, find_tritonserver
+from clit.serve.triton_model import RequestError, RequestHandler, visible_device
 
 REQUIRED = os.environ.get("CLIT_REQUIRE_TRITON") == "1"
 
@@ -109,6 +110,21 @@ def test_repository_write_discipline(tmp_path):
     for opts in ({"backend": "torch"}, {"instances": 0}, {"precision": "fp8"}):
         with pytest.raises(ValueError):
             ServeOptions(**opts)
+
+
+def test_repository_refuses_paths_triton_cannot_launch(tmp_path):
+    # Triton <= r25.06 starts each stub with an unquoted `bash -c "exec stub <model path> ..."`
+    # (python_backend src/stub_launcher.cc): a space would split the path
+    with pytest.raises(ValueError, match="cannot start a Python model under a path with ' '"):
+        write_repository(tmp_path / "my repo")
+    assert not (tmp_path / "my repo").exists()
+
+
+def test_visible_device_follows_an_inherited_mask():
+    # model_instance_device_id numbers the devices tritonserver sees (python_backend python_be.cc)
+    assert visible_device("1", None) == "1"
+    assert visible_device("1", "2,3") == "3"
+    assert visible_device("0", "GPU-5f2e,GPU-77a1") == "GPU-5f2e"
 
 
 def test_split_url():
@@ -259,6 +275,7 @@ def test_bad_requests_get_one_line_errors_and_the_server_stays_up(server, local,
     def refused(model, tensors):
         with pytest.raises(InferenceServerException) as err:
             _raw_infer(server, model, tensors)
+        assert err.value.status() == "400", (err.value.status(), err.value.message())  # the request's fault
         return err.value.message()
 
     def local_line(**kwargs):  # what clit-infer prints for the same input (after "error: FILE: ")
@@ -289,6 +306,17 @@ def test_bad_requests_get_one_line_errors_and_the_server_stays_up(server, local,
     assert server.ready() and server.process.poll() is None
 
 
+def test_ready_means_this_server_not_another_on_the_port(server):
+    """A second server on the running one's ports must fail, not pass as ready because the
+    first one answers /v2/health/ready (readiness checks GET /v2's name, the server's --id)."""
+    repo = write_repository(Path(server.repository).parent / "second")
+    other = TritonServer(repo, http_port=server.http_port, grpc_port=server.grpc_port,
+                         metrics_port=server.metrics_port, host="127.0.0.1")
+    with pytest.raises(ServerError, match="exited with code"):
+        other.start(timeout=120)
+    assert server.ready()
+
+
 def test_health_and_metrics(server, remote):
     remote.upscale(np.full((8, 8, 3), 100, np.uint8), scale=2)
     with urllib.request.urlopen(f"{server.url}/v2/health/ready", timeout=10) as answer:
@@ -299,6 +327,12 @@ def test_health_and_metrics(server, remote):
         text = answer.read().decode()
     counts = [line for line in text.splitlines() if line.startswith('nv_inference_request_success{model="clit"')]
     assert counts and float(counts[0].rsplit(" ", 1)[1]) >= 1, counts
+    # the APIs that could change the server (model loading, shared memory, trace, logging) are off
+    for path in ("/v2/repository/index", "/v2/systemsharedmemory/status", "/v2/logging"):
+        req = urllib.request.Request(f"{server.url}{path}", data=b"{}" if "index" in path else None)
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=10)
+        assert err.value.code in (401, 403), (path, err.value.code)
 
 
 def _cli(*args, **kwargs):
@@ -369,6 +403,48 @@ def test_clit_serve_starts_serves_and_stops_on_ctrl_c(tmp_path, local):
     assert "serving clit, clit_16bit" in err and "stopping" in err
     with pytest.raises(OSError):  # the port is closed: the server is gone
         socket.create_connection(("127.0.0.1", http), timeout=2).close()
+
+
+def _tritonservers_on(port: int) -> list[int]:
+    """Pids of tritonserver processes started with --http-port=port."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        try:
+            cmd = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmd and cmd[0].endswith(b"tritonserver") and f"--http-port={port}".encode() in cmd:
+            pids.append(int(d.name))
+    return pids
+
+
+def test_killed_clit_serve_leaves_no_tritonserver(tmp_path):
+    """SIGKILL gives clit-serve no chance to stop the server: the parent-death signal does."""
+    needs_server()
+    from clit.serve.client import RemoteUpscaler
+
+    http, grpc, metrics = free_ports(3)
+    proc = subprocess.Popen([sys.executable, "-m", "clit.serve.cli", "--host", "127.0.0.1", "--http-port", str(http),
+                             "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--backend", "onnxruntime",
+                             "--log-file", str(tmp_path / "triton.log")], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                RemoteUpscaler(f"127.0.0.1:{http}").close()
+                break
+            except Exception:
+                time.sleep(0.5)
+        assert _tritonservers_on(http), "tritonserver did not start"
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 60
+    while _tritonservers_on(http) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _tritonservers_on(http), "tritonserver outlived clit-serve"
+    log = (tmp_path / "triton.log").read_text()
+    assert "clit: clit instance" in log  # --log-file keeps the instances' output
 
 
 def test_clit_serve_write_repo(tmp_path):
