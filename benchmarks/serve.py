@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,7 @@ from clit.runtime.images import list_images, read_uint8, write_image
 from clit.runtime.upscaler import Upscaler
 from clit.serve.client import RemoteUpscaler
 from clit.serve.repository import ServeOptions, write_repository
-from clit.serve.server import TritonServer
+from clit.serve.server import TritonServer, free_ports
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "Set14" / "HR"
 
@@ -63,16 +62,6 @@ def requests_for(n: int, sizes, scales, seed: int = 0):
 def percentiles(latencies):
     q = np.percentile(np.asarray(latencies) * 1000, [50, 90, 99])
     return {"p50_ms": round(float(q[0]), 1), "p90_ms": round(float(q[1]), 1), "p99_ms": round(float(q[2]), 1)}
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def run_local(up, reqs):

@@ -25,10 +25,11 @@ import pytest
 
 from clit.runtime.errors import describe
 from clit.runtime.images import read_image, write_image
+from clit.runtime.memory_plan import resident_memory
 from clit.runtime.upscaler import Upscaler
 from clit.serve.client import split_url
 from clit.serve.repository import MARKER, ServeOptions, model_names, write_repository
-from clit.serve.server import ServerError, TritonServer, find_tritonserver
+from clit.serve.server import ServerError, TritonServer, find_tritonserver, free_ports
 from clit.serve.triton_model import RequestError, RequestHandler, visible_device
 
 REQUIRED = os.environ.get("CLIT_REQUIRE_TRITON") == "1"
@@ -51,16 +52,6 @@ def needs_server():
         pytest.fail(f"CLIT_REQUIRE_TRITON=1 but {reason}")
     if reason:
         pytest.skip(reason)
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +128,8 @@ def test_split_url():
 
 
 def test_request_handler_validates_before_work(local):
-    handler = RequestHandler(local, depth=8, max_pixels=1000, max_memory=1 << 30)
+    gib_more = resident_memory() + (1 << 30)  # the plan counts what this (test) process already holds
+    handler = RequestHandler(local, depth=8, max_pixels=1000, max_memory=gib_more)
     img = np.random.default_rng(1).integers(0, 256, (12, 10, 3), dtype=np.uint8)
     cases = [
         ((img.astype(np.uint16),), {"scale": [2.0]}, "must be uint8 for this model"),
@@ -157,7 +149,7 @@ def test_request_handler_validates_before_work(local):
     with pytest.raises(ValueError, match="needs 3 cascade stages"):
         handler(img, scale=[20.0])
     with pytest.raises(RequestError, match="more than this instance's memory plan leaves"):
-        RequestHandler(local, depth=8, max_memory=1 << 30)(np.zeros((1000, 1000, 3), np.uint8), scale=[16.0])
+        RequestHandler(local, depth=8, max_memory=gib_more)(np.zeros((1000, 1000, 3), np.uint8), scale=[16.0])
     np.testing.assert_array_equal(handler(img, scale=[2.5]), local.upscale(img, scale=2.5))
     h16 = RequestHandler(local, depth=16)
     img16 = img.astype(np.uint16) * 257
