@@ -12,7 +12,8 @@ in this order, on the same requests:
   requests; every answer is checked against the local output bit for bit.
 
 Reported: output megapixels per second (sum of output pixels / wall time) and per-request
-latency percentiles (p50 / p90 / p99).  Run on an idle machine: a training run or the test
+latency percentiles (p50 / p90 / p99) of the median of ``--rounds`` rounds, each running every
+path once in turn (so that a slow spell of the shared machine hits every path alike).  Run on an idle machine: a training run or the test
 suite on the same cores spoils every figure.
 
     .venv-serve/bin/python benchmarks/serve.py [--model MODEL_DIR] [--requests 24] \\
@@ -76,6 +77,7 @@ def run_local(up, reqs):
 
 def run_cli(model_dir, reqs, tmp: Path):
     """clit-infer on the requests as PNG files: one process per scale (the CLI takes one scale)."""
+    tmp.mkdir()
     total = 0.0
     for scale in sorted({s for _, s in reqs}):
         src, dst = tmp / f"in_{scale}", tmp / f"out_{scale}"
@@ -92,6 +94,7 @@ def run_cli(model_dir, reqs, tmp: Path):
 
 
 def run_server(model_dir, reqs, expected, instances: int, clients: int, tmp: Path):
+    tmp.mkdir(exist_ok=True)
     repo = write_repository(tmp / f"repo{instances}", model_dir,
                             opts=ServeOptions(backend="onnxruntime", instances=instances))
     http, grpc, metrics = free_ports(3)
@@ -138,33 +141,49 @@ def main():
     ap.add_argument("--sizes", default="64x64,96x96,128x96", help="WxH list")
     ap.add_argument("--scales", default="2,3,4")
     ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=3, help="every path once per round; the median round is shown")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     scales = [float(s) for s in args.scales.split(",")]
     reqs = requests_for(args.requests, sizes, scales)
     cores = os.cpu_count()
-    rows = {}
     up = Upscaler(args.model, backend="onnxruntime")
     up.upscale(reqs[0][0][:32, :32], scale=reqs[0][1])
-    wall, lat, expected = run_local(up, reqs)
-    mpix = sum(o.shape[0] * o.shape[1] for o in expected) / 1e6
-    rows["Upscaler.upscale (in process, sequential)"] = {"seconds": wall, **percentiles(lat)}
+    runs = {}  # path -> one (seconds, latencies) per round; the paths alternate within each round
+
+    def record(name, wall, lat=None):
+        runs.setdefault(name, []).append((wall, lat))
+
+    expected = None
     with tempfile.TemporaryDirectory() as tmp:
-        rows["clit-infer CLI (files, model load included)"] = {"seconds": run_cli(args.model, reqs,
-                                                                                  Path(tmp))}
-        for instances in (1, 2):
-            wall, lat = run_server(args.model, reqs, expected, instances, args.clients, Path(tmp))
-            rows[f"Triton, {instances} instance{'s' if instances > 1 else ''}, {args.clients} gRPC clients"] = {
-                "seconds": wall, **percentiles(lat)}
+        for r in range(args.rounds):
+            wall, lat, outs = run_local(up, reqs)
+            expected = outs if expected is None else expected
+            assert all(np.array_equal(a, b) for a, b in zip(outs, expected))
+            record("Upscaler.upscale (in process, sequential)", wall, lat)
+            record("clit-infer CLI (files, model load included)", run_cli(args.model, reqs, Path(tmp) / f"cli{r}"))
+            for instances in (1, 2):
+                wall, lat = run_server(args.model, reqs, expected, instances, args.clients, Path(tmp) / f"s{r}")
+                record(f"Triton, {instances} instance{'s' if instances > 1 else ''}, {args.clients} gRPC clients",
+                       wall, lat)
+    mpix = sum(o.shape[0] * o.shape[1] for o in expected) / 1e6
+    rows = {}
+    for name, results in runs.items():  # the round with the median wall time
+        wall, lat = sorted(results, key=lambda x: x[0])[len(results) // 2]
+        rows[name] = {"seconds": wall, "all_seconds": [round(w, 2) for w, _ in results],
+                      **(percentiles(lat) if lat else {})}
     print(f"{args.requests} requests, sizes {args.sizes}, scales {args.scales}: {mpix:.2f} output MP; "
           f"{cores} cores; every server answer equal to the local output")
-    print("| path | wall s | output MP/s | p50 ms | p90 ms | p99 ms |")
-    print("|---|---|---|---|---|---|")
+    base = rows["Upscaler.upscale (in process, sequential)"]["seconds"]
+    print("| path | wall s (rounds) | output MP/s | vs in-process | p50 ms | p90 ms | p99 ms |")
+    print("|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         r["mpix_per_s"] = mpix / r["seconds"]
         lat_cols = " | ".join(str(r.get(k, "-")) for k in ("p50_ms", "p90_ms", "p99_ms"))
-        print(f"| {name} | {r['seconds']:.2f} | {r['mpix_per_s']:.3f} | {lat_cols} |")
+        rounds = "/".join(f"{w:.1f}" for w in r["all_seconds"])
+        print(f"| {name} | {r['seconds']:.2f} ({rounds}) | {r['mpix_per_s']:.3f} | {base / r['seconds']:.2f}x "
+              f"| {lat_cols} |")
     if args.json:
         args.json.write_text(json.dumps({"output_mpix": mpix, "rows": rows}, indent=1))
 
