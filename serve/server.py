@@ -52,6 +52,7 @@ class TritonBinary:
     libs: Path | None = None  # extra LD_LIBRARY_PATH entry (pytriton's bundled libraries)
     python_backend: Path | None = None  # pytriton's backends/python
     stubs: Path | None = None  # pytriton's python_backend_stubs
+    backends: Path | None = None  # a release archive's backends folder beside bin/ (e.g. Triton for JetPack)
 
 
 def find_tritonserver() -> TritonBinary | None:
@@ -70,16 +71,18 @@ def binary_at(path: Path) -> TritonBinary:
     """``path`` as a TritonBinary: with pytriton's libraries and stubs when it is pytriton's
     (``pytriton/tritonserver/bin/tritonserver`` beside ``python_backend_stubs``)."""
     dist = Path(path).resolve().parent.parent
-    if not (dist / "python_backend_stubs").is_dir():
-        return TritonBinary(Path(path))
+    if not (dist / "python_backend_stubs").is_dir():  # NVIDIA's layout: bin/ and backends/ side by side
+        return TritonBinary(Path(path), backends=dist / "backends" if (dist / "backends").is_dir() else None)
     return TritonBinary(Path(path), libs=dist.parent.parent / "nvidia_pytriton.libs",
                         python_backend=dist / "backends" / "python", stubs=dist / "python_backend_stubs")
 
 
 def _backend_dir(binary: TritonBinary, where: Path) -> Path | None:
-    """For pytriton's binary: ``where/python`` holding the Python backend and this Python's stub."""
+    """For pytriton's binary: ``where/python`` holding the Python backend and this Python's stub;
+    for NVIDIA's layout its own backends folder (Triton's default is /opt/tritonserver/backends,
+    which an extracted release archive elsewhere does not have)."""
     if binary.python_backend is None:
-        return None
+        return binary.backends
     version = f"{sys.version_info[0]}.{sys.version_info[1]}"
     stub = binary.stubs / version / "triton_python_backend_stub"
     if not stub.is_file():

@@ -118,6 +118,27 @@ def test_visible_device_follows_an_inherited_mask():
     assert visible_device("0", "GPU-5f2e,GPU-77a1") == "GPU-5f2e"
 
 
+def test_binary_layouts(tmp_path):
+    from clit.serve.server import _backend_dir, binary_at
+
+    release = tmp_path / "tritonserver"  # NVIDIA's archive / container: bin/ and backends/ side by side
+    (release / "bin").mkdir(parents=True)
+    (release / "backends" / "python").mkdir(parents=True)
+    (release / "bin" / "tritonserver").write_text("")
+    found = binary_at(release / "bin" / "tritonserver")
+    assert found.python_backend is None and _backend_dir(found, tmp_path / "unused") == release / "backends"
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "tritonserver").write_text("")
+    assert _backend_dir(binary_at(bare / "tritonserver"), tmp_path / "unused") is None  # Triton's default
+    pytriton = find_tritonserver()
+    if pytriton is not None and pytriton.stubs is not None:  # pytriton's wheel: a folder for this Python
+        made = _backend_dir(pytriton, tmp_path / "b")
+        stub = made / "python" / "triton_python_backend_stub"
+        assert stub.resolve().parent.name == f"{sys.version_info[0]}.{sys.version_info[1]}"
+        assert (made / "python" / "libtriton_python.so").exists()
+
+
 def test_split_url():
     assert split_url("localhost:8000") == ("http", "localhost:8000")
     assert split_url("http://h:1/") == ("http", "h:1")
