@@ -45,6 +45,9 @@ def _memory(ctx, param, value):
                    "does not fit is refused.")
 @click.option("--max-pixels", type=click.IntRange(min=0), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Largest input image per request (0: no limit).")
+@click.option("--tile", type=click.IntRange(min=0), default=None,
+              help="LR tile side of each instance (the result is the same; memory and the time between "
+                   "checks for a cancelled request follow it) [default: the memory plan's; 0: never tile].")
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address the endpoints listen on.")
 @click.option("--http-port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--grpc-port", type=click.IntRange(1, 65535), default=8001, show_default=True)
@@ -58,8 +61,8 @@ def _memory(ctx, param, value):
                    "[default: a temporary file; its error lines are shown when the server fails].")
 @click.option("-v", "--verbose", is_flag=True, help="Triton's verbose log, on stderr.")
 @error_boundary("clit-serve")
-def main(model_dir, write_repo, force, name, instances, backend, precision, threads, max_memory, max_pixels, host,
-         http_port, grpc_port, metrics_port, binary, timeout, log_file, verbose):
+def main(model_dir, write_repo, force, name, instances, backend, precision, threads, max_memory, max_pixels, tile,
+         host, http_port, grpc_port, metrics_port, binary, timeout, log_file, verbose):
     """Serve MODEL_DIR (default: the bundled model) on Triton Inference Server: KServe v2
     HTTP/gRPC, health (/v2/health/ready) and Prometheus metrics (/metrics).
 
@@ -79,7 +82,7 @@ def main(model_dir, write_repo, force, name, instances, backend, precision, thre
     if force and write_repo is None:
         raise click.UsageError("--force goes with --write-repo")
     opts = ServeOptions(backend=backend, precision=precision, instances=instances, threads=threads,
-                        max_memory=max_memory, max_pixels=max_pixels)
+                        max_memory=max_memory, max_pixels=max_pixels, tile=tile)
     if write_repo is not None:
         write_repository(write_repo, model_dir, name=name, opts=opts, force=force)
         click.echo(f"wrote {write_repo} (models {', '.join(model_names(name).values())}): "

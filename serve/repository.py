@@ -52,6 +52,7 @@ class ServeOptions:
     threads: int | None = None  # ONNX Runtime intra-op threads per instance; None: the server's cores / instances
     max_memory: int | None = None  # bytes per instance (the memory plan's target); None: 4 GiB
     max_pixels: int = DEFAULT_MAX_PIXELS  # input pixels per request
+    tile: int | None = None  # LR tile side (None: the memory plan's); a cancelled request stops between tiles
 
     def __post_init__(self):
         if self.backend not in BACKENDS or self.backend == "torch":
@@ -63,6 +64,8 @@ class ServeOptions:
             raise ValueError(f"instances must be >= 1, got {self.instances}")
         if self.threads is not None and self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
+        if self.tile is not None and self.tile < 0:
+            raise ValueError(f"tile must be >= 0, got {self.tile}")
 
 
 def model_names(name: str) -> dict[int, str]:
@@ -83,7 +86,7 @@ def config_pbtxt(name: str, depth: int, model_dir: str, opts: ServeOptions) -> s
         inputs.append('{ name: "bits" data_type: TYPE_INT32 dims: [ 1 ] optional: true }')
     params = {"model_dir": model_dir, "depth": str(depth), "backend": opts.backend, "precision": opts.precision,
               "threads": "auto" if opts.threads is None else str(opts.threads), "max_pixels": str(opts.max_pixels),
-              "max_memory": str(opts.max_memory or 0)}
+              "max_memory": str(opts.max_memory or 0), "tile": "auto" if opts.tile is None else str(opts.tile)}
     params_text = [f'{{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items()]
     return "\n".join([
         "# Written by clit-serve --write-repo (clit.serve.repository); instance_group may be edited.",

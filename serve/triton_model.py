@@ -32,6 +32,10 @@ class RequestError(ValueError):
     """A request the model refuses (its message is the error answer)."""
 
 
+class Cancelled(Exception):
+    """The client gave up on the request (a gRPC timeout or cancel): stopped between tiles."""
+
+
 class RequestHandler:
     """Validate one request's tensors and upscale: ``handler(image, scale, size, bits)``.
 
@@ -82,7 +86,9 @@ class RequestHandler:
             out_dtype = DTYPES[b[0]]
         return image, scale, size, out_dtype
 
-    def __call__(self, image, scale=None, size=None, bits=None) -> np.ndarray:
+    def __call__(self, image, scale=None, size=None, bits=None, cancelled=None) -> np.ndarray:
+        """The answer; ``cancelled()`` (Triton's ``request.is_cancelled``) is asked after every
+        tile, and True stops the work there (:class:`Cancelled`)."""
         image, scale, size, out_dtype = self.parse(image, scale, size, bits)
         plan = self.upscaler.engine.pipeline.plan(image.shape[:2], scale=scale, size=size)  # scale beyond the model
         need = output_bytes(plan, np.dtype(out_dtype).itemsize) * image.shape[2] // 3
@@ -92,7 +98,20 @@ class RequestHandler:
             raise RequestError(f"the output {w}x{h} needs {need / 2**20:,.0f} MiB with its copy for the answer, "
                                f"more than this instance's memory plan leaves ({room / 2**20:,.0f} MiB; "
                                "clit-serve --max-memory raises it)")
-        out = self.upscaler.upscale(image, scale=scale, size=size, dtype=out_dtype)
+        pipeline = getattr(self.upscaler.engine, "pipeline", None)
+        if cancelled is None or pipeline is None:
+            out = self.upscaler.upscale(image, scale=scale, size=size, dtype=out_dtype)
+            return out.astype(DTYPES[self.depth], copy=False)
+
+        def check(done, total):
+            if done < total and cancelled():
+                raise Cancelled(f"cancelled by the client after {done} of {total} tiles")
+
+        saved, pipeline.on_tile = pipeline.on_tile, check
+        try:
+            out = self.upscaler.upscale(image, scale=scale, size=size, dtype=out_dtype)
+        finally:
+            pipeline.on_tile = saved
         return out.astype(DTYPES[self.depth], copy=False)
 
 
@@ -135,8 +154,10 @@ class TritonPythonModel:
             os.environ["CUDA_VISIBLE_DEVICES"] = visible_device(args["model_instance_device_id"],
                                                                 os.environ.get("CUDA_VISIBLE_DEVICES"))
         max_memory = int(params.get("max_memory", "0")) or None
+        tile = params.get("tile", "auto")
         engine = make_engine(params.get("backend", "auto"), model_dir=model_dir,
                              precision=params.get("precision", "auto"), memory_limit=max_memory,
+                             tile=None if tile == "auto" else int(tile),
                              threads=_instance_threads(config, params.get("threads", "auto")))
         self.handler = RequestHandler(Upscaler.from_engine(engine), int(params["depth"]),
                                       max_pixels=int(params.get("max_pixels", "0")) or None, max_memory=max_memory)
@@ -149,17 +170,24 @@ class TritonPythonModel:
 
     def execute(self, requests):
         responses = []
+        errors = self.pb.TritonError
         for request in requests:
+            cancelled = getattr(request, "is_cancelled", None)  # Python backend 23.10+
             try:
+                if cancelled is not None and cancelled():
+                    raise Cancelled("cancelled by the client before it started")
                 out = self.handler(self._input(request, "image"), self._input(request, "scale"),
-                                   self._input(request, "size"), self._input(request, "bits"))
+                                   self._input(request, "size"), self._input(request, "bits"), cancelled=cancelled)
                 responses.append(self.pb.InferenceResponse(output_tensors=[self.pb.Tensor("upscaled", out)]))
             except Exception as exc:  # one answer per request; the instance keeps serving
                 # the request's fault (bad input, beyond the model or the memory plan): INVALID_ARG
-                # (HTTP 400); anything else stays INTERNAL (HTTP 500), Triton's default
-                code = self.pb.TritonError.INVALID_ARG if isinstance(exc, (ValueError, TypeError)) else \
-                    self.pb.TritonError.INTERNAL
-                responses.append(self.pb.InferenceResponse(error=self.pb.TritonError(describe(exc), code)))
+                # (HTTP 400); a cancelled one: CANCELLED; anything else stays INTERNAL (HTTP 500)
+                if isinstance(exc, Cancelled):
+                    print(f"clit: {exc}", flush=True)
+                    code = getattr(errors, "CANCELLED", errors.INTERNAL)
+                else:
+                    code = errors.INVALID_ARG if isinstance(exc, (ValueError, TypeError)) else errors.INTERNAL
+                responses.append(self.pb.InferenceResponse(error=errors(describe(exc), code)))
         return responses
 
     def finalize(self):

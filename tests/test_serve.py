@@ -418,6 +418,34 @@ def test_clit_serve_starts_serves_and_stops_on_ctrl_c(tmp_path, local):
         socket.create_connection(("127.0.0.1", http), timeout=2).close()
 
 
+def test_cancelled_request_stops_between_tiles(tmp_path):
+    """A gRPC deadline cancels the request in Triton; the instance sees request.is_cancelled()
+    after a tile and stops there, instead of finishing an answer nobody waits for."""
+    needs_server()
+    import tritonclient.grpc as grpc_client
+    from tritonclient.utils import InferenceServerException
+
+    repo = write_repository(tmp_path / "repo", opts=ServeOptions(backend="onnxruntime", tile=16))
+    http, grpc, metrics = free_ports(3)
+    with TritonServer(repo, http_port=http, grpc_port=grpc, metrics_port=metrics, host="127.0.0.1") as server:
+        client = grpc_client.InferenceServerClient(f"127.0.0.1:{grpc}")
+        img = _image(np.random.default_rng(4), (64, 64, 3), np.uint8)  # x8 in 16 tiles: seconds of work
+        tensors = []
+        for name, array, datatype in (("image", img, "UINT8"), ("scale", np.array([8.0]), "FP64")):
+            tensors.append(grpc_client.InferInput(name, list(array.shape), datatype))
+            tensors[-1].set_data_from_numpy(array)
+        with pytest.raises(InferenceServerException, match="Deadline"):
+            client.infer("clit", tensors, client_timeout=0.5)
+        small = [grpc_client.InferInput("image", [6, 6, 3], "UINT8"), tensors[1]]
+        small[0].set_data_from_numpy(img[:6, :6].copy())
+        client.infer("clit", small)  # queued behind the cancelled one on the single instance
+        client.close()
+        lines = [ln for ln in server.log_path.read_text().splitlines() if "cancelled by the client" in ln]
+    assert lines, "the instance did not see the cancellation"
+    done, total = (int(v) for v in lines[0].split("after ")[1].split(" tiles")[0].split(" of "))
+    assert total == 16 and done < total, lines
+
+
 def _tritonservers_on(port: int) -> list[int]:
     """Pids of tritonserver processes started with --http-port=port."""
     pids = []
