@@ -50,8 +50,6 @@ class RemoteUpscaler:
             raise RuntimeError("clit-infer --server needs tritonclient: pip install 'clit[client]'") from None
         self.client_module, self.protocol, self.url, self.timeout = client, protocol, url, timeout
         self.server_error = InferenceServerException
-        kwargs = {} if protocol == "grpc" else {"network_timeout": timeout, "connection_timeout": 10.0}
-        self.client = client.InferenceServerClient(address, **kwargs)
         self.models = model_names(name)
         # health first, with short timeouts (a hung server must not hold this for the request timeout)
         probe = client.InferenceServerClient(address, **({} if protocol == "grpc" else
@@ -71,6 +69,8 @@ class RemoteUpscaler:
             if not ready[model]:
                 raise RemoteError(f"{url}: model {model!r} is not ready on the server (clit-serve serves "
                                   f"{'/'.join(model_names('clit').values())} by default; --server-model names others)")
+        kwargs = {} if protocol == "grpc" else {"network_timeout": timeout, "connection_timeout": 10.0}
+        self.client = client.InferenceServerClient(address, **kwargs)
         self.name = f"triton {url} (models {', '.join(self.models.values())})"
 
     def _input(self, name: str, array: np.ndarray, datatype: str):

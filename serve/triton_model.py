@@ -90,7 +90,8 @@ class RequestHandler:
         """The answer; ``cancelled()`` (Triton's ``request.is_cancelled``) is asked after every
         tile, and True stops the work there (:class:`Cancelled`)."""
         image, scale, size, out_dtype = self.parse(image, scale, size, bits)
-        plan = self.upscaler.engine.pipeline.plan(image.shape[:2], scale=scale, size=size)  # scale beyond the model
+        pipeline = self.upscaler.engine.pipeline  # the graph backends' (a server runs a model directory)
+        plan = pipeline.plan(image.shape[:2], scale=scale, size=size)  # a scale beyond the model's branches
         need = output_bytes(plan, np.dtype(out_dtype).itemsize) * image.shape[2] // 3
         room = memory_budget(self.max_memory, self.resident)
         if need > room:
@@ -98,13 +99,8 @@ class RequestHandler:
             raise RequestError(f"the output {w}x{h} needs {need / 2**20:,.0f} MiB with its copy for the answer, "
                                f"more than this instance's memory plan leaves ({room / 2**20:,.0f} MiB; "
                                "clit-serve --max-memory raises it)")
-        pipeline = getattr(self.upscaler.engine, "pipeline", None)
-        if cancelled is None or pipeline is None:
-            out = self.upscaler.upscale(image, scale=scale, size=size, dtype=out_dtype)
-            return out.astype(DTYPES[self.depth], copy=False)
-
         def check(done, total):
-            if done < total and cancelled():
+            if cancelled is not None and done < total and cancelled():
                 raise Cancelled(f"cancelled by the client after {done} of {total} tiles")
 
         saved, pipeline.on_tile = pipeline.on_tile, check
