@@ -99,8 +99,9 @@ def main(model_dir, write_repo, force, name, instances, backend, precision, thre
             stop["signal"] = signum
             raise KeyboardInterrupt
 
-        for sig in (signal.SIGTERM, signal.SIGHUP):  # a closed terminal stops the server too
-            signal.signal(sig, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # a closed terminal stops it (not under nohup)
+            signal.signal(signal.SIGHUP, on_signal)
         try:
             server.start(timeout=timeout)
             click.echo(f"serving {', '.join(model_names(name).values())} ({instances} instance"

@@ -65,10 +65,11 @@ class RemoteUpscaler:
             probe.close()
         if not live:
             raise RemoteError(f"{url}: the Triton server is not ready")
-        for model in self.models.values():
-            if not ready[model]:
-                raise RemoteError(f"{url}: model {model!r} is not ready on the server (clit-serve serves "
-                                  f"{'/'.join(model_names('clit').values())} by default; --server-model names others)")
+        if not any(ready.values()):
+            raise RemoteError(f"{url}: neither {' nor '.join(repr(m) for m in self.models.values())} is ready on the "
+                              f"server (clit-serve serves {'/'.join(model_names('clit').values())} by default; "
+                              "--server-model names others)")
+        self.ready = ready  # a trimmed repository may serve one depth only: checked per request
         kwargs = {} if protocol == "grpc" else {"network_timeout": timeout, "connection_timeout": 10.0}
         self.client = client.InferenceServerClient(address, **kwargs)
         self.name = f"triton {url} (models {', '.join(self.models.values())})"
@@ -111,6 +112,9 @@ class RemoteUpscaler:
             inputs.append(self._input("bits", np.array([bits], dtype=np.int32), "INT32"))
         outputs = [self.client_module.InferRequestedOutput("upscaled", **({} if self.protocol == "grpc"
                                                                           else {"binary_data": True}))]
+        if not self.ready[self.models[depth]]:
+            raise RemoteError(f"{self.url}: model {self.models[depth]!r} for {depth}-bit images is not ready on the "
+                              "server")
         extra = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
         try:
             answer = self.client.infer(self.models[depth], inputs, outputs=outputs, **extra)

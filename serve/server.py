@@ -110,13 +110,31 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
             s.close()
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the parent dies (as PyTriton does), so a killed
-    clit-serve leaves no tritonserver holding the ports (Linux; elsewhere nothing)."""
+try:  # looked up here, in the parent: the child between fork and exec only calls it
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux
+    _prctl = None
+
+
+def _death_signal(parent: int):
+    """A preexec_fn: SIGTERM to the child when the thread that started it exits (prctl(2):
+    PR_SET_PDEATHSIG follows the forking thread; as PyTriton does), so a killed clit-serve leaves
+    no tritonserver holding the ports; if the parent already died, the child exits at once."""
+    def preexec():
+        if _prctl is not None:
+            _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+            if os.getppid() != parent:
+                os._exit(1)
+    return preexec
+
+
+def supports(binary: Path, option: str, env: dict | None = None) -> bool:
+    """Whether ``tritonserver --help`` lists ``option`` (e.g. --http-restricted-api, from 23.12)."""
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
+        done = subprocess.run([str(binary), "--help"], capture_output=True, text=True, timeout=30, env=env)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return option in done.stdout + done.stderr
 
 
 @dataclass
@@ -134,8 +152,10 @@ class TritonServer:
     verbose: bool = False
     log_file: Path | None = None  # where Triton's output goes (kept); None: a temporary file
     passthrough: bool = False  # Triton's output to this process's stderr instead
+    restrict: bool = True  # the admin APIs off (where this tritonserver has the options: 23.12+)
     process: subprocess.Popen | None = field(default=None, init=False)
     _work: Path | None = field(default=None, init=False)
+    _log_start: int = field(default=0, init=False)
     _id: str = field(default_factory=lambda: f"clit-{uuid.uuid4().hex[:12]}", init=False)
 
     @property
@@ -154,19 +174,20 @@ class TritonServer:
         return f"{self._id.replace('-', '_')}_"  # the Python backend's shared-memory regions of this server
 
     def command(self, backend_dir: Path | None) -> list[str]:
-        token = uuid.uuid4().hex  # never given out: the restricted APIs are off
         cmd = [str(self.binary.path), f"--model-repository={Path(self.repository).resolve()}", f"--id={self._id}",
                f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}",
                f"--metrics-port={self.metrics_port}", f"--http-address={self.host}", f"--grpc-address={self.host}",
                f"--metrics-address={self.host}", f"--exit-timeout-secs={self.exit_timeout}",
                f"--log-verbose={1 if self.verbose else 0}", "--disable-auto-complete-config",
-               f"--http-restricted-api={RESTRICTED_HTTP}:clit-admin={token}",
-               f"--grpc-restricted-protocol={RESTRICTED_GRPC}:clit-admin={token}",
                f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
                f"--backend-config=python,shm-default-byte-size={SHM_DEFAULT}",
                f"--backend-config=python,shm-growth-byte-size={SHM_GROWTH}"]
         if backend_dir is not None:
             cmd.append(f"--backend-directory={backend_dir}")
+        if self.restrict:
+            token = uuid.uuid4().hex  # never given out: the restricted APIs are off
+            cmd += [f"--http-restricted-api={RESTRICTED_HTTP}:clit-admin={token}",
+                    f"--grpc-restricted-protocol={RESTRICTED_GRPC}:clit-admin={token}"]
         return cmd
 
     def environment(self) -> dict:
@@ -196,7 +217,15 @@ class TritonServer:
         self._work = Path(tempfile.mkdtemp(prefix="clit-triton-"))
         try:
             backend_dir = _backend_dir(self.binary, self._work / "backends")
-            popen = {"env": self.environment(), "start_new_session": True, "preexec_fn": _die_with_parent}
+            env = self.environment()
+            if self.restrict and not supports(self.binary.path, "--http-restricted-api", env):
+                print("notice: this tritonserver (before 23.12) cannot restrict its admin APIs: they stay open",
+                      file=sys.stderr)
+                self.restrict = False
+            popen = {"env": env, "start_new_session": True,
+                     "preexec_fn": _death_signal(os.getpid())}
+            if self.log_path is not None and self.log_path.exists():
+                self._log_start = self.log_path.stat().st_size  # a kept --log-file: this run's part only
             if self.passthrough:
                 self.process = subprocess.Popen(self.command(backend_dir), stdout=sys.stderr, **popen)
             else:
@@ -237,8 +266,10 @@ class TritonServer:
         if self.passthrough:
             return "see its output above"
         try:
-            text = self.log_path.read_text(errors="replace").splitlines()
-        except (OSError, AttributeError):
+            with open(self.log_path, "rb") as f:
+                f.seek(self._log_start)
+                text = f.read().decode(errors="replace").splitlines()
+        except (OSError, TypeError):
             return "no log"
         errors = [ln.strip() for ln in text if ln[:1] == "E" or ln.lower().startswith("error")]
         return " | ".join((errors or [ln.strip() for ln in text if ln.strip()])[-lines:]) or "empty log"
@@ -256,11 +287,15 @@ class TritonServer:
                 try:
                     self.process.wait(self.exit_timeout + 5)
                 except subprocess.TimeoutExpired:
-                    os.killpg(self.process.pid, signal.SIGKILL)
+                    try:
+                        os.killpg(self.process.pid, signal.SIGKILL)
+                    except ProcessLookupError:  # the group ended meanwhile
+                        pass
                     self.process.wait()
-                    for region in Path("/dev/shm").glob(f"{self.shm_prefix}*"):  # tritonserver removes them itself
-                        region.unlink(missing_ok=True)
             code = self.process.returncode
+            if code is not None and code < 0:  # killed (by us or a crash): it did not remove its regions
+                for region in Path("/dev/shm").glob(f"{self.shm_prefix}*"):
+                    region.unlink(missing_ok=True)
         if self._work is not None:
             shutil.rmtree(self._work, ignore_errors=True)
             self._work = None

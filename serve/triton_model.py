@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +34,9 @@ class RequestError(ValueError):
     """A request the model refuses (its message is the error answer)."""
 
 
-class Cancelled(Exception):
-    """The client gave up on the request (a gRPC timeout or cancel): stopped between tiles."""
+class Cancelled(RuntimeError):
+    """The client gave up on the request (a gRPC deadline or cancel, an HTTP disconnect):
+    stopped between tiles."""
 
 
 class RequestHandler:
@@ -91,7 +94,10 @@ class RequestHandler:
         tile, and True stops the work there (:class:`Cancelled`)."""
         image, scale, size, out_dtype = self.parse(image, scale, size, bits)
         pipeline = self.upscaler.engine.pipeline  # the graph backends' (a server runs a model directory)
-        plan = pipeline.plan(image.shape[:2], scale=scale, size=size)  # a scale beyond the model's branches
+        try:
+            plan = pipeline.plan(image.shape[:2], scale=scale, size=size)
+        except ValueError as exc:  # a scale beyond the model's branches, a bad size: the request's fault
+            raise RequestError(str(exc)) from None
         need = output_bytes(plan, np.dtype(out_dtype).itemsize) * image.shape[2] // 3
         room = memory_budget(self.max_memory, self.resident)
         if need > room:
@@ -166,7 +172,6 @@ class TritonPythonModel:
 
     def execute(self, requests):
         responses = []
-        errors = self.pb.TritonError
         for request in requests:
             cancelled = getattr(request, "is_cancelled", None)  # Python backend 23.10+
             try:
@@ -176,15 +181,30 @@ class TritonPythonModel:
                                    self._input(request, "size"), self._input(request, "bits"), cancelled=cancelled)
                 responses.append(self.pb.InferenceResponse(output_tensors=[self.pb.Tensor("upscaled", out)]))
             except Exception as exc:  # one answer per request; the instance keeps serving
-                # the request's fault (bad input, beyond the model or the memory plan): INVALID_ARG
-                # (HTTP 400); a cancelled one: CANCELLED; anything else stays INTERNAL (HTTP 500)
-                if isinstance(exc, Cancelled):
-                    print(f"clit: {exc}", flush=True)
-                    code = getattr(errors, "CANCELLED", errors.INTERNAL)
-                else:
-                    code = errors.INVALID_ARG if isinstance(exc, (ValueError, TypeError)) else errors.INTERNAL
-                responses.append(self.pb.InferenceResponse(error=errors(describe(exc), code)))
+                responses.append(self.pb.InferenceResponse(error=self._error(exc)))
         return responses
+
+    def _error(self, exc: Exception):
+        """The request's fault (bad input, beyond the model or the memory plan): INVALID_ARG
+        (HTTP 400) with clit-infer's line; cancelled: CANCELLED; anything else INTERNAL (HTTP 500),
+        its traceback in Triton's log.  The codes exist from python_backend r23.09 (CANCELLED
+        r23.10); older stubs take the message alone."""
+        errors = self.pb.TritonError
+        if isinstance(exc, RequestError):
+            text, code = describe(exc), getattr(errors, "INVALID_ARG", None)
+        elif isinstance(exc, MemoryError):
+            text = "out of memory: the request did not fit (clit-serve --max-memory, --tile, fewer --instances)"
+            code = getattr(errors, "UNAVAILABLE", None)
+        elif isinstance(exc, Cancelled):
+            print(f"clit: {exc}", flush=True)
+            text, code = str(exc), getattr(errors, "CANCELLED", None)
+        else:
+            traceback.print_exc(file=sys.stderr)
+            sys.stderr.flush()
+            lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()] or [type(exc).__name__]
+            text, code = f"{lines[0].strip()} ({type(exc).__name__}; the traceback is in the server's log)", \
+                getattr(errors, "INTERNAL", None)
+        return errors(text) if code is None else errors(text, code)
 
     def finalize(self):
         self.handler = None

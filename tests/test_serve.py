@@ -139,6 +139,46 @@ def test_binary_layouts(tmp_path):
         assert (made / "python" / "libtriton_python.so").exists()
 
 
+class _TritonError:
+    """The shape of python_backend's TritonError (src/pb_stub.cc r24.10:1640-1688: TritonError(message,
+    code=INTERNAL) with class constants; the constants exist from r23.09)."""
+
+    UNKNOWN, INTERNAL, NOT_FOUND, INVALID_ARG, UNAVAILABLE, UNSUPPORTED, ALREADY_EXISTS, CANCELLED = range(8)
+
+    def __init__(self, message, code=1):
+        self.message, self.code = message, code
+
+
+class _OldTritonError:  # r23.06 (JetPack 5's Triton): a message only
+    def __init__(self, message):
+        self.message, self.code = message, None
+
+
+def test_error_answers_by_cause(capsys):
+    from types import SimpleNamespace
+
+    from clit.serve.triton_model import Cancelled, TritonPythonModel
+
+    model = TritonPythonModel()
+    for errors in (_TritonError, _OldTritonError):
+        model.pb = SimpleNamespace(TritonError=errors)
+        bad = model._error(RequestError("give exactly one of scale or size"))
+        assert bad.message == "give exactly one of scale or size"
+        gone = model._error(Cancelled("cancelled by the client after 2 of 16 tiles"))
+        assert gone.message == "cancelled by the client after 2 of 16 tiles"
+        try:
+            {}["x"]
+        except KeyError as exc:
+            bug = model._error(exc)
+        assert bug.message == "'x' (KeyError; the traceback is in the server's log)"  # no CLIT_TRACEBACK hint
+        assert "Traceback" in capsys.readouterr().err  # printed to the stub's stderr: Triton's log
+        oom = model._error(MemoryError())
+        assert oom.message.startswith("out of memory")
+        if errors is _TritonError:
+            assert (bad.code, gone.code, bug.code, oom.code) == (errors.INVALID_ARG, errors.CANCELLED,
+                                                                   errors.INTERNAL, errors.UNAVAILABLE)
+
+
 def test_split_url():
     assert split_url("localhost:8000") == ("http", "localhost:8000")
     assert split_url("http://h:1/") == ("http", "h:1")
@@ -317,6 +357,14 @@ def test_bad_requests_get_one_line_errors_and_the_server_stays_up(server, local,
     good = _image(rng, (9, 8, 3), np.uint8)
     assert np.array_equal(remote.upscale(good, scale=3), local.upscale(good, scale=3))
     assert server.ready() and server.process.poll() is None
+
+
+def test_restriction_options_detected(server):
+    from clit.serve.server import supports
+
+    env = server.environment()
+    assert supports(server.binary.path, "--http-restricted-api", env)  # 2.51 has it (added in 23.12)
+    assert not supports(server.binary.path, "--no-such-option-here", env)
 
 
 def test_ready_means_this_server_not_another_on_the_port(server):
