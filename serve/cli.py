@@ -14,7 +14,7 @@ from clit.runtime.errors import error_boundary
 from clit.runtime.images import DEFAULT_MAX_PIXELS
 from clit.runtime.memory_plan import parse_bytes
 
-from .repository import ServeOptions, model_names, write_repository
+from .repository import UNSAFE_PATH_CHARS, ServeOptions, model_names, write_repository
 from .server import TritonServer, binary_at
 
 
@@ -88,6 +88,11 @@ def main(model_dir, write_repo, force, name, instances, backend, precision, thre
         click.echo(f"wrote {write_repo} (models {', '.join(model_names(name).values())}): "
                    f"tritonserver --model-repository {Path(write_repo).resolve()}", err=True)
         return
+    unsafe = set(tempfile.gettempdir()) & set(UNSAFE_PATH_CHARS)
+    if unsafe:  # the repository and the backend links go there, and Triton starts the stub through bash -c
+        raise click.UsageError(f"the temporary folder {tempfile.gettempdir()!r} has "
+                               f"{' '.join(map(repr, sorted(unsafe)))}, which Triton cannot start a Python model "
+                               "under: set TMPDIR to a plain path")
     with tempfile.TemporaryDirectory(prefix="clit-repo-") as tmp:
         repo = write_repository(Path(tmp) / "repository", model_dir, name=name, opts=opts)
         server = TritonServer(repo, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, host=host,

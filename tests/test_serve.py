@@ -109,6 +109,10 @@ def test_repository_refuses_paths_triton_cannot_launch(tmp_path):
     with pytest.raises(ValueError, match="cannot start a Python model under a path with ' '"):
         write_repository(tmp_path / "my repo")
     assert not (tmp_path / "my repo").exists()
+    odd = tmp_path / "tmp dir"
+    odd.mkdir()
+    done = _cli("clit.serve.cli", env={**os.environ, "TMPDIR": str(odd)})
+    assert done.returncode == 2 and "set TMPDIR to a plain path" in done.stderr
 
 
 def test_visible_device_follows_an_inherited_mask():
