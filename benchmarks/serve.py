@@ -13,11 +13,11 @@ in this order, on the same requests:
 
 Reported: output megapixels per second (sum of output pixels / wall time) and per-request
 latency percentiles (p50 / p90 / p99) of the median of ``--rounds`` rounds, each running every
-path once in turn (so that a slow spell of the shared machine hits every path alike).  Run on an idle machine: a training run or the test
-suite on the same cores spoils every figure.
+path once in turn (so that a slow spell of the shared machine hits every path alike).  Run on
+an idle machine: a training run or the test suite on the same cores spoils every figure.
 
     .venv-serve/bin/python benchmarks/serve.py [--model MODEL_DIR] [--requests 24] \\
-        [--sizes 64x64,96x96,128x96] [--scales 2,3,4] [--clients 4] [--json out.json]
+        [--sizes 64x64,96x96,128x96] [--scales 2,3,4] [--clients 4] [--rounds 3] [--json out.json]
 """
 
 from __future__ import annotations
