@@ -6,6 +6,9 @@ only when asked for, so this module stays torch-free).  Without ``--model`` or
 ``--checkpoint`` the bundled default model is used.  Inputs keep their channels (gray stays
 gray, alpha is upscaled bicubically and re-attached), 16-bit depth and ICC profile.
 
+With ``--server URL`` the upscale runs on a Triton server (``clit-serve``, :mod:`clit.serve`):
+reading and writing stay here and the files are the same as a local run's.
+
 Every input is processed inside one error boundary: whatever goes wrong with it (unreadable,
 too large, a full disk, a read-only folder) is one line naming the file, and the next input
 runs; the exit code is 1 if any failed.  Problems of the whole run (arguments, the model, two
