@@ -16,6 +16,7 @@ import ctypes
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -81,9 +82,14 @@ def _backend_dir(binary: TritonBinary, where: Path) -> Path | None:
     """For pytriton's binary: ``where/python`` holding the Python backend and this Python's stub;
     for NVIDIA's layout its own backends folder (Triton's default is /opt/tritonserver/backends,
     which an extracted release archive elsewhere does not have)."""
-    if binary.python_backend is None:
-        return binary.backends
     version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    if binary.python_backend is None:
+        folder = binary.backends or Path("/opt/tritonserver/backends")
+        linked = stub_python(folder / "python" / "triton_python_backend_stub")
+        if linked is not None and linked != version:  # else the models fail with "No module named clit"
+            raise ServerError(f"this tritonserver's Python backend runs Python {linked} ({folder}/python); "
+                              f"clit-serve runs on {version}: start it with a Python {linked} that has clit installed")
+        return binary.backends
     stub = binary.stubs / version / "triton_python_backend_stub"
     if not stub.is_file():
         have = sorted(p.name for p in binary.stubs.iterdir()) if binary.stubs.is_dir() else []
@@ -114,6 +120,17 @@ try:  # looked up here, in the parent: the child between fork and exec only call
     _prctl = ctypes.CDLL(None, use_errno=True).prctl
 except (OSError, AttributeError):  # not Linux
     _prctl = None
+
+
+def stub_python(stub: Path) -> str | None:
+    """The Python version ("3.10") a Python-backend stub is linked against (its libpython3.X
+    dependency, read from the binary), or None when unknown."""
+    try:
+        data = stub.read_bytes()
+    except OSError:
+        return None
+    found = re.search(rb"libpython(3\.\d+)", data)
+    return found.group(1).decode() if found else None
 
 
 def _death_signal(parent: int):

@@ -136,6 +136,16 @@ def test_binary_layouts(tmp_path):
     (bare / "tritonserver").write_text("")
     assert _backend_dir(binary_at(bare / "tritonserver"), tmp_path / "unused") is None  # Triton's default
     pytriton = find_tritonserver()
+    if pytriton is not None and pytriton.stubs is not None:  # real stubs: the Python each one links
+        from clit.serve.server import ServerError, stub_python
+
+        assert {stub_python(d / "triton_python_backend_stub") for d in pytriton.stubs.iterdir()} == \
+            {d.name for d in pytriton.stubs.iterdir()}
+        other = "3.10" if sys.version_info[:2] != (3, 10) else "3.12"
+        (release / "backends" / "python" / "triton_python_backend_stub").symlink_to(
+            pytriton.stubs / other / "triton_python_backend_stub")
+        with pytest.raises(ServerError, match=f"runs Python {other}"):
+            _backend_dir(found, tmp_path / "unused")
     if pytriton is not None and pytriton.stubs is not None:  # pytriton's wheel: a folder for this Python
         made = _backend_dir(pytriton, tmp_path / "b")
         stub = made / "python" / "triton_python_backend_stub"
