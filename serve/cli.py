@@ -9,20 +9,13 @@ from pathlib import Path
 
 import click
 
+from clit.runtime.cli import parse_memory
 from clit.runtime.engines import PRECISIONS
 from clit.runtime.errors import error_boundary
 from clit.runtime.images import DEFAULT_MAX_PIXELS
-from clit.runtime.memory_plan import parse_bytes
 
 from .repository import UNSAFE_PATH_CHARS, ServeOptions, model_names, write_repository
 from .server import TritonServer, binary_at
-
-
-def _memory(ctx, param, value):
-    try:
-        return None if value is None else parse_bytes(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -40,7 +33,7 @@ def _memory(ctx, param, value):
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(min=0), default=None,
               help="ONNX Runtime threads per instance [default: the server's cores / instances].")
-@click.option("--max-memory", callback=_memory, metavar="SIZE",
+@click.option("--max-memory", callback=parse_memory, metavar="SIZE",
               help="Memory each instance plans for, e.g. 2G [default: 4G]; a request whose output "
                    "does not fit is refused.")
 @click.option("--max-pixels", type=click.IntRange(min=0), default=DEFAULT_MAX_PIXELS, show_default=True,
