@@ -22,8 +22,9 @@ def sha256_file(path: str | Path) -> str:
 
 
 # Bounds of the manifest's decoder_grouping caps: the grouped decoder's largest tensor at the
-# TensorRT profile maxima, (max_groups + 2r)^2 x 49 x heads x hidden, stays below 2^31 elements
-# (TensorRT 8.5/10.0's volume limit) up to hidden 1024 at max_groups 64.
+# TensorRT profile maxima, T = (P <= max_groups^2, heads x 49, hidden), stays below 2^31 elements
+# (the volume limit of TensorRT 8.5/10.0's NvInfer.h; 11.x no longer states it) at max_groups 64
+# for r = 3, heads <= 8 and hidden <= 1024 (the architecture is not checked against this here).
 MAX_GROUPING_RUN = 16
 MAX_GROUPING_GROUPS = 64
 
