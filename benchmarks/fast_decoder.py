@@ -16,11 +16,14 @@ computes: 49 C hidden per feature pixel, 49 heads hidden and 49 C per query slot
     python benchmarks/fast_decoder.py --full-size OUT --sizes 64x64 --scales 4,8   # random official-size model
     python benchmarks/fast_decoder.py --baseline /path/to/old-venv/bin/python       # also vs an older release
     python benchmarks/fast_decoder.py --full-size OUT --baseline PY --baseline-model DIR  # DIR: PY's export
+    python benchmarks/fast_decoder.py --official CLIT_CHECKOUT   # also vs the official chop_forward
 
 With ``--baseline``, each case first runs the other installation (its bundled model, or
 ``--baseline-model``: the same checkpoint exported by that installation; its own pipeline and
 memory plan; same random image) and reports this version's end-to-end speed-up over it (its
-time / the grouped time) and the largest difference of the two outputs.
+time / the grouped time) and the largest difference of the two outputs.  ``--official`` does the
+same with the official implementation's ``chop_forward`` (PyTorch, this process's threads; see
+benchmarks/official_chop.py) on the same checkpoint, after this version's runs.
 """
 
 from __future__ import annotations
@@ -135,6 +138,10 @@ def main() -> None:
                     "release before the grouped decoder, in its own venv) on its bundled model, per case just "
                     "before this one: its time, this version's speed-up over it and the outputs' difference")
     ap.add_argument("--baseline-model", type=Path, help="the baseline's model directory (default: its bundled one)")
+    ap.add_argument("--official", type=Path, metavar="DIR", help="also time the official implementation's "
+                    "chop_forward (a checkout of github.com/jaroslaw1007/CLIT; benchmarks/official_chop.py) on the "
+                    "same checkpoint and image, per case after this one: its time, this version's speed-up over it "
+                    "and the outputs' difference")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if args.baseline and args.full_size is not None and args.baseline_model is None:
@@ -151,7 +158,8 @@ def main() -> None:
     manifest = load_manifest(args.model)
     print(f"{'LR':>10}{'scale':>6}{'out MP':>8}{'per-query s':>13}{'grouped s':>11}{'ratio':>7}{'decoders':>17}"
           f"{'MACs/px old':>13}{'new':>8}{'max diff':>10}" + (f"{'baseline s':>12}{'speed-up':>9}{'diff':>9}"
-                                                              if args.baseline else ""))
+                                                              if args.baseline else "")
+          + (f"{'official s':>12}{'speed-up':>9}{'diff':>9}" if args.official else ""))
     results = []
     tmp = tempfile.TemporaryDirectory()
     for size in args.sizes.split(","):
@@ -183,6 +191,19 @@ def main() -> None:
                 diff = float(np.abs(np.load(f"{tmp.name}/0.npy") - np.load(f"{tmp.name}/1.npy")).max())
                 r.update(baseline_seconds=base, speedup_vs_baseline=base / sec["auto"], max_diff_vs_baseline=diff)
                 line += f"{base:>12.2f}{base / sec['auto']:>9.2f}{diff:>9.1e}"
+            if args.official:
+                done = subprocess.run([sys.executable, str(Path(__file__).with_name("official_chop.py")),
+                                       str(args.official), str(args.checkpoint), str(w), str(h), s,
+                                       str(args.repeats), f"{tmp.name}/official.npy"], capture_output=True, text=True)
+                if done.returncode != 0:
+                    print(f"{size:>10}{s:>6}  official failed: {done.stderr.strip().splitlines()[-1]}")
+                    continue
+                official = json.loads(done.stdout)["seconds"]
+                mine = np.load(f"{tmp.name}/{len(runs) - 1}.npy")
+                diff = float(np.abs(np.load(f"{tmp.name}/official.npy") - mine).max())
+                r.update(official_seconds=official, speedup_vs_official=official / sec["auto"],
+                         max_diff_vs_official=diff)
+                line += f"{official:>12.2f}{official / sec['auto']:>9.2f}{diff:>9.1e}"
             results.append(r)
             print(line, flush=True)
     if args.json:
@@ -192,7 +213,11 @@ def main() -> None:
               f"{min(r['ratio'] for r in results):.2f}-{max(r['ratio'] for r in results):.2f}" +
               (f"; vs the baseline: largest difference {max(r['max_diff_vs_baseline'] for r in results):.1e}, "
                f"speed-ups {min(r['speedup_vs_baseline'] for r in results):.2f}-"
-               f"{max(r['speedup_vs_baseline'] for r in results):.2f}" if args.baseline else ""))
+               f"{max(r['speedup_vs_baseline'] for r in results):.2f}" if args.baseline else "") +
+              (f"; vs the official chop_forward: largest difference "
+               f"{max(r['max_diff_vs_official'] for r in results):.1e}, speed-ups "
+               f"{min(r['speedup_vs_official'] for r in results):.2f}-"
+               f"{max(r['speedup_vs_official'] for r in results):.2f}" if args.official else ""))
 
 
 if __name__ == "__main__":
