@@ -1,8 +1,10 @@
 """The default model shipped inside the package (``clit/runtime/models/default``).
 
-It holds the exported FP32 ONNX graphs with their ``manifest.json``, the PyTorch checkpoint
-they came from (``checkpoint.pth``) and a model card (``README.md``).  ``clit-infer``,
-``clit-eval`` and :class:`~clit.runtime.upscaler.Upscaler` use it when no model is given.
+It holds the exported ONNX graphs (FP32 and FP16 variants) with their ``manifest.json``, a
+model card (``README.md``) and, in the source tree only, the PyTorch checkpoint they came from
+(``checkpoint.pth``: the torch backend's reference; a wheel leaves it out, since the torch-free
+runtime never reads it, which keeps the installed model small).  ``clit-infer``, ``clit-eval``
+and :class:`~clit.runtime.upscaler.Upscaler` use it when no model is given.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ def bundled_model_dir() -> Path | None:
 
 
 def bundled_checkpoint() -> Path | None:
-    """The bundled model's PyTorch checkpoint (for the torch backend), or None."""
+    """The bundled model's PyTorch checkpoint (for the torch backend), or None (an installation
+    from a wheel or ``pip install .`` has the graphs only)."""
     path = BUNDLED_DIR / CHECKPOINT_NAME
     return path if path.is_file() else None

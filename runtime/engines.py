@@ -24,7 +24,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .bundled import bundled_checkpoint, bundled_model_dir
+from .bundled import CHECKPOINT_NAME, bundled_checkpoint, bundled_model_dir
 from .manifest import MANIFEST, load_manifest
 from .memory_plan import choose, memory_budget, resident_memory
 from .onnx_backend import OnnxRuntimeRunner, default_providers
@@ -155,6 +155,10 @@ def make_engine(backend: str = "auto", model_dir: Path | None = None, checkpoint
         else:
             model_dir = bundled_model_dir()
         if model_dir is None and checkpoint is None:
+            if backend == "torch" and bundled_model_dir() is not None:
+                raise ValueError(f"the bundled model's PyTorch checkpoint ({CHECKPOINT_NAME}) is not installed with the "
+                                 "package (its graphs are; the checkpoint stays in the source repository, "
+                                 "runtime/models/default): install from a clone with pip install -e, or give a checkpoint")
             raise ValueError("no model given and this installation has no bundled default model "
                              "(clit/runtime/models/default): give a model directory or a checkpoint")
     if backend == "auto":

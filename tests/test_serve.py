@@ -35,6 +35,15 @@ from clit.serve.triton_model import RequestError, RequestHandler, visible_device
 REQUIRED = os.environ.get("CLIT_REQUIRE_TRITON") == "1"
 
 
+def beyond_the_bundled_model() -> tuple[float, str]:
+    """A scale one cascade stage past the bundled model's branches, and the start of its error."""
+    from clit.runtime.bundled import bundled_model_dir
+    from clit.runtime.manifest import load_manifest
+
+    n = load_manifest(bundled_model_dir()).n_branches
+    return 4.0**n + 4, f"needs {n + 1} cascade stages"
+
+
 def _server_missing() -> str | None:
     if find_tritonserver() is None:
         return "no tritonserver (not on PATH, nvidia-pytriton not installed): make test-serve runs these"
@@ -221,8 +230,9 @@ def test_request_handler_validates_before_work(local):
         with pytest.raises(RequestError) as err:
             handler(*args, **kwargs)
         assert message in str(err.value), (message, err.value)
-    with pytest.raises(ValueError, match="needs 3 cascade stages"):
-        handler(img, scale=[20.0])
+    too_large, message = beyond_the_bundled_model()
+    with pytest.raises(ValueError, match=message):
+        handler(img, scale=[too_large])
     with pytest.raises(RequestError, match="more than this instance's memory plan leaves"):
         RequestHandler(local, depth=8, max_memory=gib_more)(np.zeros((1000, 1000, 3), np.uint8), scale=[16.0])
     np.testing.assert_array_equal(handler(img, scale=[2.5]), local.upscale(img, scale=2.5))
@@ -354,7 +364,9 @@ def test_bad_requests_get_one_line_errors_and_the_server_stays_up(server, local,
     assert "FP32" in refused("clit", [("image", img.astype(np.float32), "FP32"), scale])
     assert "INT16" in refused("clit_16bit", [("image", img.astype(np.int16), "INT16"), scale])
     # the model's own checks: the same one line as clit-infer
-    assert refused("clit", [("image", img, "UINT8"), ("scale", np.array([20.0]), "FP64")]) == local_line(scale=20)
+    too_large, message = beyond_the_bundled_model()
+    assert refused("clit", [("image", img, "UINT8"), ("scale", np.array([too_large]), "FP64")]) == \
+        local_line(scale=too_large)
     assert refused("clit", [("image", img, "UINT8"), ("scale", np.array([-2.0]), "FP64")]) == local_line(scale=-2.0)
     assert refused("clit", [("image", img, "UINT8"), ("size", np.array([0, 5], np.int32), "INT32")]) == \
         local_line(size=(0, 5))
@@ -366,8 +378,8 @@ def test_bad_requests_get_one_line_errors_and_the_server_stays_up(server, local,
                                                             ("bits", np.array([12], np.int32), "INT32")])
     big = np.zeros((1000, 1000, 3), np.uint8)  # x16: 16000x16000, 1.4 GiB with its copy, over the 1 GiB plan
     assert "memory plan" in refused("clit", [("image", big, "UINT8"), ("scale", np.array([16.0]), "FP64")])
-    with pytest.raises(ValueError, match="needs 3 cascade stages"):  # through the client: the same line
-        remote.upscale(img, scale=20)
+    with pytest.raises(ValueError, match=message):  # through the client: the same line
+        remote.upscale(img, scale=too_large)
     good = _image(rng, (9, 8, 3), np.uint8)
     assert np.array_equal(remote.upscale(good, scale=3), local.upscale(good, scale=3))
     assert server.ready() and server.process.poll() is None
