@@ -17,7 +17,6 @@ de-normalised (y * 0.5 + 0.5), not clamped (as clit's pipeline returns it).
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import sys
 import time
@@ -26,7 +25,7 @@ import types
 import numpy as np
 import torch
 
-from clit.runtime.geometry import stage_plan
+from clit.runtime.geometry import stage_plan, stage_sizes
 
 
 def official_modules(official_dir: str):
@@ -49,8 +48,7 @@ def official_modules(official_dir: str):
 
 def grid_coords(utils, h: int, w: int, plan: list[float]) -> list[torch.Tensor]:
     """One (1, H_k, W_k, 2) pixel-centre grid per cascade stage, as the official test feeds them."""
-    sizes = [(round(h * math.prod(plan[:k + 1])), round(w * math.prod(plan[:k + 1]))) for k in range(len(plan))]
-    return [utils.make_coord(size, flatten=False)[None] for size in sizes]
+    return [utils.make_coord(size, flatten=False)[None] for size in stage_sizes((h, w), plan)]
 
 
 def main() -> None:

@@ -82,11 +82,12 @@ def test_clit_infer_and_upscaler_default_to_the_bundled_model(tmp_path):
 @pytest.mark.parametrize("scale", [2.5, 6, 20])  # one, two and three branches
 def test_bundled_graphs_match_its_checkpoint(scale):
     pytest.importorskip("torch")
+    from clit.runtime.geometry import STAGE_BASE
     from clit.runtime.manifest import load_manifest
     from clit.runtime.upscaler import Upscaler
 
     branches = load_manifest(BUNDLED_DIR).n_branches
-    if scale > 4 ** branches:
+    if scale > STAGE_BASE**branches:
         pytest.skip(f"x{scale} is beyond the bundled model's {branches} branches")
 
     rng = np.random.default_rng()

@@ -38,10 +38,11 @@ REQUIRED = os.environ.get("CLIT_REQUIRE_TRITON") == "1"
 def beyond_the_bundled_model() -> tuple[float, str]:
     """A scale one cascade stage past the bundled model's branches, and the start of its error."""
     from clit.runtime.bundled import bundled_model_dir
+    from clit.runtime.geometry import STAGE_BASE
     from clit.runtime.manifest import load_manifest
 
     n = load_manifest(bundled_model_dir()).n_branches
-    return 4.0**n + 4, f"needs {n + 1} cascade stages"
+    return STAGE_BASE**n + 4, f"needs {n + 1} cascade stages"
 
 
 def _server_missing() -> str | None:
