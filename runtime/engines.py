@@ -117,7 +117,14 @@ class TensorRTEngine:
         self.source = manifest.root / MANIFEST
 
     def upscale(self, img, scale=None, size=None, sink=None, out_itemsize: int = 4):
-        return self.pipeline.upscale(img, scale=scale, size=size, chunk=self.chunk, tile=self.tile, sink=sink)
+        from .tensorrt.profiles import plan_tile
+
+        # scales that need more branches take smaller LR tiles: every branch window within the profiles
+        tile = self.tile
+        if np.ndim(img) == 3:  # else the pipeline names what is wrong with the image
+            tile = plan_tile(self.runner.limits, self.pipeline.plan(np.shape(img)[:2], scale=scale, size=size).n_branches,
+                             tile)
+        return self.pipeline.upscale(img, scale=scale, size=size, chunk=self.chunk, tile=tile, sink=sink)
 
 
 def tensorrt_usable() -> bool:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .geometry import CascadePlan
+from .geometry import STAGE_BASE, CascadePlan
 from .manifest import Manifest
 from .pipeline import GroupingRule
 
@@ -38,6 +38,7 @@ DECODER_TENSORS = 6
 GROUPED_TENSORS = 8  # N x 49 x heads float32 tensors of the grouped decoder (logits, bias, weights; padded slots)
 OUTPUT_COPIES = 2  # the output array and the image encoder's copy of it (OpenCV's BGR, Pillow's)
 MAP_TENSORS = 16  # C-channel float32 tensors per grid pixel of a branch window
+IO_COPIES = 2  # a TensorRT input or output: its device buffer and its page-locked host copy
 MAX_WINDOW = 512  # grid pixels a side of a branch window before the plan tiles for speed
 ENCODER_CHANNELS = 1024  # e.g. EDSR-baseline: 64 features x ~16 live tensors
 BUDGET_FRACTION = 0.75
@@ -150,11 +151,14 @@ def choose(manifest: Manifest, plan: CascadePlan, budget: int, chunk: int | None
 
 def tensorrt_bytes(manifest: Manifest, limits) -> int:
     """Estimated working memory of a model's TensorRT engines built for ``limits``
-    (:class:`~clit.runtime.tensorrt.profiles.BuildLimits`): TensorRT sizes each execution
-    context for its profile's largest shapes, so every graph is counted at its maximum: the
-    encoder's working set on the largest LR window, each branch graph's on its largest grid
-    window, each decoder's arena for the largest chunk plus its q/k/v window inputs.  The same
-    constants as the ONNX Runtime plan (calibrated there, not on a GPU: an estimate)."""
+    (:class:`~clit.runtime.tensorrt.profiles.BuildLimits`).  TensorRT sizes a context's
+    activation memory for its profile's largest shapes; the backend's contexts run one after
+    another and share one such buffer (:meth:`TensorRTRunner.scratch`), so the estimate is the
+    largest graph's working set plus every graph's input and output buffers, which persist
+    (``IO_COPIES``: on the device and page-locked on the host), each at its maximum: the
+    encoder on the largest LR window, each branch graph on its largest grid window, each
+    decoder's largest chunk and q/k/v window.  The constants are the ONNX Runtime plan's
+    (calibrated there, not on a GPU: an estimate)."""
     from .tensorrt.profiles import encoder_window, grid_window
 
     c = int(manifest.data["base_dim"])
@@ -162,35 +166,46 @@ def tensorrt_bytes(manifest: Manifest, limits) -> int:
     hidden = int(manifest.data.get("mlp_hidden", 0))
     _, run, groups = GroupingRule.of(manifest)
     pixels, slots = groups * groups, run * run  # a grouped block's largest P and M
-    total = ENCODER_CHANNELS * 4 * encoder_window(manifest, limits) ** 2
+    enc = encoder_window(manifest, limits) ** 2
+    working = [ENCODER_CHANNELS * 4 * enc]
+    io = (3 + 4 * c) * 4 * enc  # the image; feat, q, k, v
     for g in manifest.graphs:
-        side = grid_window(manifest, limits, g.branch)
+        window = grid_window(manifest, limits, g.branch) ** 2
+        maps = 3 * c * 4 * window  # a q/k/v window: a branch graph's outputs, a decoder's inputs
         if g.kind == "branch":
-            total += MAP_TENSORS * c * 4 * side * side
+            working.append((MAP_TENSORS - 3) * c * 4 * window)
+            io += maps + c * 4 * enc
         elif g.kind == "decoder":
-            total += DECODER_TENSORS * limits.max_queries * area * c * 4 + 3 * c * 4 * side * side
+            working.append(DECODER_TENSORS * limits.max_queries * area * c * 4)
+            io += maps
         elif g.kind == "grouped":  # T, the attention tensors of every slot, the gathered keys and values
-            reach = min(side, groups + 2 * manifest.radius)  # the q/k/v window one block reads
-            total += 4 * pixels * area * (heads * hidden + GROUPED_TENSORS * slots * heads + 2 * c) + 3 * c * 4 * reach**2
-    return total
+            reach = min(grid_window(manifest, limits, g.branch), groups + 2 * manifest.radius)  # what one block reads
+            working.append(4 * pixels * area * (heads * hidden + GROUPED_TENSORS * slots * heads + 2 * c))
+            io += 3 * c * 4 * reach**2
+    return max(working) + IO_COPIES * io
 
 
 def fitting_limits(manifest: Manifest, budget: int):
     """The largest build limits (tile, then chunk) whose :func:`tensorrt_bytes` fits ``budget``
     (the default limits of the TensorRT engines, sized to the GPU's free memory, or on boards
-    whose GPU shares the system RAM to the process's budget).  Encoders that run on the whole
-    image (halo 0: SwinIR) are bounded by the largest LR side, so that is lowered first."""
+    whose GPU shares the system RAM to the process's budget), with branch windows of 4 x the
+    tile (what a second branch needs; scales that need a third branch get a quarter of the
+    tile).  Encoders that run on the whole image (halo 0: SwinIR) are bounded by the largest
+    LR side, so that is lowered first."""
     from .tensorrt.profiles import BuildLimits
 
     sides = (4096, 2048, 1024, 512, 256) if manifest.encoder_halo == 0 else (4096,)
+    smallest = int(STAGE_BASE ** (manifest.n_branches - 1))  # one LR pixel of the last branch
     for side in sides:
         for tile in (512, 384, 256, 192, 128, 96, 64, 32):
             for queries in (32768, 16384, 8192, 4096, 2048):
-                limits = BuildLimits(tile=min(tile, side), max_queries=queries, max_image=side,
-                                     opt_tile=min(256, tile, side), opt_queries=min(8192, queries))
+                t = min(tile, side)
+                limits = BuildLimits(tile=t, max_queries=queries, max_image=side, opt_tile=min(256, t),
+                                     opt_queries=min(8192, queries), max_window=max(4 * t, smallest))
                 if tensorrt_bytes(manifest, limits) <= budget:
                     return limits
-    return BuildLimits(tile=32, max_queries=2048, max_image=sides[-1], opt_tile=32, opt_queries=2048)
+    return BuildLimits(tile=32, max_queries=2048, max_image=sides[-1], opt_tile=32, opt_queries=2048,
+                       max_window=max(128, smallest))
 
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}

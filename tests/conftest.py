@@ -160,3 +160,54 @@ def lit_checkpoint(tmp_path) -> Path:
     shutil.copy(src, tmp_path / "ckpt.pth")
     return tmp_path / "ckpt.pth"
 
+
+
+@pytest.fixture(scope="session")
+def bundled_with_branches(tmp_path_factory):
+    """n -> Manifest of the bundled model's graphs as an n-branch model directory (copies of its
+    graphs, a manifest of its own).  Fewer branches drop the last ones; more repeat the last
+    branch's graphs under new file names (a branch's graphs do not depend on its index, only the
+    grid they read does, which the pipeline plans and the TensorRT profiles bound), so shape,
+    profile and memory checks see a real n-branch model.  Never an accuracy test: a repeated branch's weights were
+    not trained for its grid."""
+    import shutil
+
+    from clit.runtime.bundled import bundled_model_dir
+    from clit.runtime.manifest import Manifest, load_manifest
+
+    src = bundled_model_dir()
+    if src is None:
+        pytest.skip("this installation has no bundled model")
+    base = load_manifest(src)
+    cache = {}
+
+    def get(n: int) -> Manifest:
+        if n in cache:
+            return cache[n]
+        last = base.n_branches - 1
+        if n > base.n_branches and last < 1:
+            pytest.skip("a one-branch model has no branch graph to repeat")
+        out = tmp_path_factory.mktemp(f"bundled_{n}_branches")
+        for f in src.glob("*.onnx"):  # copies: model directories refuse links that leave them
+            shutil.copyfile(f, out / f.name)
+        graphs = [g for g in base.data["graphs"] if g["branch"] < n]
+        for k in range(base.n_branches, n):
+            for g in base.data["graphs"]:
+                if g["branch"] != last:
+                    continue
+                g = json.loads(json.dumps(g))
+                names = {g["file"]: None, **{v["file"]: None for v in g.get("variants", {}).values()}}
+                for name in names:  # decoder2.grouped.fp16.onnx -> decoder3.grouped.fp16.onnx
+                    new = name.replace(str(last + 1), str(k + 1), 1)
+                    shutil.copyfile(src / name, out / new)
+                    names[name] = new
+                g.update(branch=k, file=names[g["file"]])
+                for v in g.get("variants", {}).values():
+                    v["file"] = names[v["file"]]
+                graphs.append(g)
+        data = {**base.data, "n_branches": n, "graphs": graphs}
+        (out / "manifest.json").write_text(json.dumps(data))  # a model directory the CLIs can load
+        cache[n] = Manifest(out, data)
+        return cache[n]
+
+    return get

@@ -34,7 +34,14 @@ from clit.runtime.tensorrt.backend import (
 )
 from clit.runtime.tensorrt.build_cli import main as build_cli
 from clit.runtime.tensorrt.engine_cache import EngineCache, cache_key
-from clit.runtime.tensorrt.profiles import BuildLimits, dim_ranges, input_profiles, outside_profile
+from clit.runtime.tensorrt.profiles import (
+    BuildLimits,
+    check_limits,
+    dim_ranges,
+    input_profiles,
+    outside_profile,
+    plan_tile,
+)
 
 
 @pytest.fixture
@@ -62,17 +69,26 @@ class RecordingRunner(OnnxRuntimeRunner):
         return super().run(file, feeds)
 
 
-@pytest.mark.parametrize("tile, cases", [
-    (8, [((21, 30), 2), ((17, 9), 3.7), ((20, 26), 6), ((12, 11), 12), ((9, 10), (16, 5))]),
-    (13, [((40, 27), 4), ((14, 33), 7.5)]),
+@pytest.mark.parametrize("n_branches, tile, window, cases", [
+    (2, 8, 2048, [((21, 30), 2), ((17, 9), 3.7), ((20, 26), 6), ((12, 11), 12), ((9, 10), (16, 5))]),
+    (2, 13, 2048, [((40, 27), 4), ((14, 33), 7.5)]),
+    (2, 13, 30, [((40, 27), 4), ((14, 33), 7.5), ((19, 12), 16)]),  # the window limit lowers the tile
+    (3, 8, 2048, [((21, 30), 2), ((12, 11), 12), ((7, 9), 18), ((5, 6), (30, 4))]),
+    (3, 9, 50, [((20, 26), 6), ((11, 10), 24), ((6, 5), 40)]),
 ])
-def test_profiles_cover_what_the_pipeline_feeds(model_dir, rng, tile, cases):
-    manifest = load_manifest(model_dir)
-    limits = BuildLimits(tile=tile, max_queries=700, max_image=40, opt_tile=4, opt_queries=100)
+def test_profiles_cover_what_the_pipeline_feeds(bundled_with_branches, rng, n_branches, tile, window, cases):
+    """Every input shape the real pipeline feeds, at the LR tile the TensorRT engine gives it
+    (plan_tile), lies inside the profiles: with two and three branches, and where the branch
+    window limit, not the tile, bounds the windows."""
+    manifest = bundled_with_branches(n_branches)
+    limits = BuildLimits(tile=tile, max_queries=700, max_image=40, opt_tile=4, opt_queries=100, max_window=window)
+    check_limits(manifest, limits)
     runner = RecordingRunner(manifest)
     pipe = Pipeline(manifest, runner)
     for (h, w), scale in cases:
-        pipe.upscale(rng.random((h, w, 3), dtype=np.float32), scale=scale, chunk=700, tile=tile)
+        plan = pipe.plan((h, w), scale=scale)
+        pipe.upscale(rng.random((h, w, 3), dtype=np.float32), scale=scale, chunk=700,
+                     tile=plan_tile(limits, plan.n_branches, tile))
     checked = 0
     for g in manifest.graphs:
         profiles = input_profiles(manifest, g, limits)
@@ -82,7 +98,26 @@ def test_profiles_cover_what_the_pipeline_feeds(model_dir, rng, tile, cases):
             pmin, _, pmax = (np.array(s) for s in profiles[name])
             assert (pmin <= lo).all() and (hi <= pmax).all(), (file, name, lo, hi, profiles[name])
             checked += 1
-    assert checked >= 15  # encoder image; branch feat/rows/cols; q/k/v/rows/cols/coord of both decoders
+    assert checked >= 15 * n_branches // 2  # encoder image; branch feat/rows/cols; q/k/v/rows/cols/coord per decoder
+    ran = {file for file, _ in runner.seen}
+    assert {g.branch for g in manifest.graphs if g.kind in ("decoder", "grouped") and g.file in ran} == \
+        set(range(n_branches))  # every branch decoded
+
+
+def test_branch_window_limit(bundled_with_branches):
+    """The last branch of an n-branch model reads a grid 4^(n-1) x the LR: a window limit below
+    that cannot hold one LR pixel, and is refused; above it, the tile shrinks with the branches."""
+    three = bundled_with_branches(3)
+    with pytest.raises(ValueError, match="at least 16"):
+        check_limits(three, BuildLimits(max_window=15))
+    check_limits(three, BuildLimits(max_window=16))
+    limits = BuildLimits(tile=512, max_window=2048)
+    assert [plan_tile(limits, n, 512) for n in (1, 2, 3)] == [512, 512, 128]
+    assert plan_tile(limits, 3, 100) == 100 and plan_tile(BuildLimits(max_window=16), 3, 512) == 1
+    dec3 = three.graph("decoder", 2)
+    assert dim_ranges(three, dec3, limits)["hq"][2] == 2048 + 2 * three.radius + 6
+    assert "--max-window" in outside_profile(three, dec3, limits, "q", (1, 64, 2048 + 13, 5))
+    assert "--max-lr" in outside_profile(three, three.graph("decoder", 1), limits, "q", (1, 64, 2048 + 13, 5))
 
 
 def test_profiles_shapes_and_unknown_dims(model_dir):
@@ -211,14 +246,31 @@ def _largest_tensor_at_profile_max(manifest, graph, limits) -> int:
     return largest
 
 
+def test_clit_build_window_limit(bundled_with_branches):
+    """--max-window bounds the third branch's windows in the printed profiles, and one too small
+    for a three-branch model is refused with the least it takes."""
+    three = bundled_with_branches(3)
+    res = CliRunner().invoke(build_cli, [str(three.root), "--print-profiles", "--max-lr", "256", "--max-window", "1000"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    margin = 2 * three.radius + 6
+    assert doc["decoder3.onnx"]["q"][2][2] == 1000 + margin and doc["decoder2.onnx"]["q"][2][2] == 1000 + margin
+    res = CliRunner().invoke(build_cli, [str(three.root), "--print-profiles", "--max-lr", "256"])
+    doc = json.loads(res.output)  # default: 4 x the tile, what branch 2 reads at that tile
+    assert doc["decoder3.onnx"]["q"][2][2] == 1024 + margin == doc["decoder2.onnx"]["q"][2][2]
+    res = CliRunner().invoke(build_cli, [str(three.root), "--print-profiles", "--max-window", "8"])
+    assert res.exit_code == 1 and "at least 16" in res.output
+
+
 @pytest.mark.parametrize("limits", [BuildLimits(), BuildLimits(tile=1024, max_queries=65536, max_image=8192)])
-def test_every_tensor_fits_at_the_profile_maximum(model_dir, limits):
+@pytest.mark.parametrize("n_branches", [2, 3])
+def test_every_tensor_fits_at_the_profile_maximum(bundled_with_branches, n_branches, limits):
     """TensorRT sizes every tensor at the profile's maxima, each dimension independently, and
     refuses tensors of 2^31 elements or more ("The volume of the tensor must be less than 2^31
     elements", ITensor and addInput docs of NvInfer.h in TensorRT 8.5 and 10.3; NVIDIA/TensorRT
     issues #1948 and #3033 show the build error): the grouped decoders' block caps keep the products of
-    their group and run dimensions bounded."""
-    manifest = load_manifest(model_dir)
+    their group and run dimensions bounded, the branch window limit the third branch's maps."""
+    manifest = bundled_with_branches(n_branches)
     for g in manifest.graphs:
         assert _largest_tensor_at_profile_max(manifest, g, limits) < 2**31, g.file
 
@@ -288,6 +340,103 @@ def test_network_flags_per_version():
     assert network_flags(v11, 11, True) == 0 and network_flags(v11, 11, False) == 0
 
 
+def _release(version: str):
+    """(trt module, engine, context) with exactly the scratch-memory members TensorRT
+    ``version`` binds, as read in NVIDIA/TensorRT python/src/infer/pyCore.cpp per release branch
+    (8.5 and 8.6 alike; 10.0; 10.1-10.16; 11.0-11.1): a deprecated member warns on use
+    (DeprecationWarning, python/src/utils.cpp), ``device_memory`` is write-only (bound with no
+    getter).  What these model is the bindings' surface; whether TensorRT then runs is for the
+    ``trt`` tests on a GPU."""
+    import warnings
+    from types import SimpleNamespace as NS
+
+    calls = []
+
+    def deprecated(name, value=None):
+        def f(*args):
+            warnings.warn(f"{name} is deprecated", DeprecationWarning, stacklevel=2)
+            calls.append((name, args))
+            return value
+        return f
+
+    class Context:
+        def _set(self, ptr):
+            calls.append(("device_memory=", ptr))
+        device_memory = property(None, _set)
+        if version >= "10.1":
+            def set_device_memory(self, ptr, size):
+                calls.append(("set_device_memory", ptr, size))
+
+    strategy = NS(STATIC=0, ON_PROFILE_CHANGE=1, USER_MANAGED=2) if version >= "10" else None
+
+    class Engine:
+        if version < "10":
+            device_memory_size = 1000
+
+            def create_execution_context_without_device_memory(self):
+                calls.append(("without_device_memory",))
+                return Context()
+
+            def create_execution_context(self):
+                calls.append(("create_execution_context",))
+                return Context()
+        else:
+            def create_execution_context(self, strategy=0):
+                calls.append(("create_execution_context", strategy))
+                return Context()
+        if "10" <= version < "11":
+            create_execution_context_without_device_memory = deprecated("without_device_memory", Context())
+        if version == "10.0":
+            device_memory_size = 1000
+        elif "10.1" <= version < "11":
+            device_memory_size = property(deprecated("device_memory_size", 999))
+        if version >= "10.1":
+            device_memory_size_v2 = 1000
+
+    trt = NS(ExecutionContextAllocationStrategy=strategy) if strategy else NS()
+    return trt, Engine(), calls
+
+
+@pytest.mark.parametrize("version", ["8.5", "8.6", "10.0", "10.16", "11.1"])
+def test_shared_scratch_calls_per_tensorrt_version(version):
+    """Each release gets the calls it binds for a context without its own activation memory,
+    its size and attaching a shared buffer, and no deprecated one where a successor exists."""
+    import warnings
+
+    from clit.runtime.tensorrt.backend import attach_scratch, context_without_memory, scratch_bytes
+
+    trt, engine, calls = _release(version)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert scratch_bytes(engine) == 1000
+        ctx = context_without_memory(trt, engine)
+        attach_scratch(ctx, 0x7F0000, 4096)
+    made = calls[0]
+    assert made == (("without_device_memory",) if version < "10" else ("create_execution_context", 2))
+    assert calls[1] == (("set_device_memory", 0x7F0000, 4096) if version >= "10.1" else ("device_memory=", 0x7F0000))
+
+
+def test_contexts_share_one_growing_scratch_buffer():
+    """The runner's control flow over the calls above: one buffer, grown when a later engine needs
+    more, re-attached to every earlier context, the old one freed."""
+    from types import SimpleNamespace as NS
+
+    from clit.runtime.tensorrt.backend import TensorRTRunner
+
+    _, engine, calls = _release("10.16")
+    log = []
+    cuda = NS(malloc=lambda n: log.append(("malloc", n)) or 0x1000 * len(log), free=lambda p: log.append(("free", p)))
+    runner = NS(_scratch=(0, 0), _engines={}, cuda=cuda, manifest=None)
+    for name, need in (("a", 300), ("b", 200), ("c", 900)):
+        ctx = engine.create_execution_context(2)
+        TensorRTRunner._share_scratch(runner, _graph(), ctx, need)
+        runner._engines[name] = (engine, ctx)
+    assert log == [("malloc", 300), ("malloc", 900), ("free", 0x1000)] and runner._scratch == (0x2000, 900)
+    attached = [call for call in calls if call[0] == "set_device_memory"]
+    # a gets the first buffer, b shares it, then a and b move to the grown one, and c gets it
+    assert attached == [("set_device_memory", 0x1000, 300)] * 2 + [("set_device_memory", 0x2000, 900)] * 3
+
+
 class _Config:
     """IBuilderConfig's timing-cache calls as documented (pyCoreDoc.h, release/8.5 and 11.1):
     ``create_timing_cache(b"")`` makes a new cache, ``set_timing_cache`` returns a bool, False
@@ -350,19 +499,22 @@ def test_engine_key_changes_with_recipe_device_and_format(model_dir):
     assert len(keys) == 1 + len(others)
 
 
-def test_default_limits_fit_the_memory(model_dir):
+@pytest.mark.parametrize("n_branches", [2, 3])
+def test_default_limits_fit_the_memory(bundled_with_branches, n_branches):
     """The default build limits are the largest whose estimated engine memory fits the budget
-    (the GPU's free memory, or a Jetson's shared RAM), and whole-image encoders (SwinIR, halo
-    0) get a smaller largest LR side rather than limits that can never fit."""
+    (the GPU's free memory, or a Jetson's shared RAM), down to 2 GiB with three branches, and
+    whole-image encoders (SwinIR, halo 0) get a smaller largest LR side rather than limits
+    that can never fit."""
     from clit.runtime.manifest import Manifest
     from clit.runtime.memory_plan import GIB, fitting_limits, tensorrt_bytes
     from clit.runtime.tensorrt.backend import device_label
 
-    manifest = load_manifest(model_dir)
+    manifest = bundled_with_branches(n_branches)
     previous = None
     for gib in (2, 4, 8, 16, 64):
         limits = fitting_limits(manifest, gib * GIB)
         assert tensorrt_bytes(manifest, limits) <= gib * GIB and limits.max_image == 4096
+        check_limits(manifest, limits)
         if previous is not None:
             assert (limits.tile, limits.max_queries) >= (previous.tile, previous.max_queries)
         previous = limits

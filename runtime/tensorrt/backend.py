@@ -3,8 +3,10 @@
 Written against the TensorRT Python API of 8.5 (JetPack 5), 8.6 (JetPack 6.0), 10.x (JetPack
 6.1/6.2) and 11.x, read in NVIDIA/TensorRT's bindings and headers per release.  The run path
 is the same on all of them (``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``:
-added in 8.5; the binding API they replace is gone from 10.0).  What a build does depends on
-the version (:func:`build_recipe`):
+added in 8.5; the binding API they replace is gone from 10.0); the contexts run one after
+another and share one activation buffer, sized for the largest engine (:func:`scratch_bytes`,
+:func:`context_without_memory`, :func:`attach_scratch`: per version).  What a build does
+depends on the version (:func:`build_recipe`):
 
 =========  ===========================================  ==========================================
 precision  TensorRT 8.5 / 8.6                           TensorRT 10.x / 11.x
@@ -46,7 +48,7 @@ from ..memory_plan import BUDGET_FRACTION, fitting_limits, memory_budget, tensor
 from .cuda_api import FALLBACK_REASONS, open_cuda
 from .engine_cache import EngineCache, file_lock
 from .precision import pin_fp32
-from .profiles import BuildLimits, input_profiles, outside_profile
+from .profiles import BuildLimits, check_limits, input_profiles, outside_profile
 
 DEFAULT_WORKSPACE = 1 << 30
 ENGINE_FORMAT = 2  # bump when what a build does changes (recipes, pinning): older cached engines are rebuilt
@@ -78,6 +80,41 @@ def stderr_logger(trt, log):
                 log(f"TensorRT: {msg}")
 
     return _Logger()
+
+
+# One activation buffer for every context (NvInferRuntime.h: the memory is in use from enqueueV3
+# until the execution completes; sharing it with a context running in parallel is undefined, so
+# contexts that run one after another on one stream, as here, may share it; NVIDIA's Diffusion
+# demo does the same).  The Python spellings per release, from python/src/infer/pyCore.cpp of
+# release/8.5, 8.6, 10.0, 10.1-10.16, 11.0-11.1; feature-detected, so deprecated names (they
+# raise DeprecationWarning, python/src/utils.cpp) are never touched where a successor exists:
+def scratch_bytes(engine) -> int:
+    """Activation memory a context of ``engine`` needs, at its profile's largest shapes ("the
+    maximum device memory required by the context over all profiles"): ``device_memory_size_v2``
+    from 10.1 (the only one in 11), ``device_memory_size`` on 8.5-10.0."""
+    if hasattr(engine, "device_memory_size_v2"):
+        return int(engine.device_memory_size_v2)
+    return int(engine.device_memory_size)
+
+
+def context_without_memory(trt, engine):
+    """A context that allocates no activation memory (None if TensorRT cannot make one):
+    ``create_execution_context(ExecutionContextAllocationStrategy.USER_MANAGED)`` from 10.0 (the
+    only way in 11), ``create_execution_context_without_device_memory()`` on 8.5/8.6."""
+    strategy = getattr(trt, "ExecutionContextAllocationStrategy", None)
+    if strategy is not None:
+        return engine.create_execution_context(strategy.USER_MANAGED)
+    return engine.create_execution_context_without_device_memory()
+
+
+def attach_scratch(context, ptr: int, nbytes: int) -> None:
+    """Give ``context`` the activation buffer at device address ``ptr`` (an int; cudaMalloc's
+    256-byte alignment is what TensorRT asks): ``set_device_memory(ptr, size)`` from 10.1,
+    the write-only ``device_memory`` property before (no getter: hasattr cannot detect it)."""
+    if hasattr(context, "set_device_memory"):
+        context.set_device_memory(ptr, nbytes)
+    else:
+        context.device_memory = ptr
 
 
 @dataclass(frozen=True)
@@ -233,11 +270,12 @@ class TensorRTRunner:
             fitting_limits(manifest, self.budget)
         if max_image is not None:
             self.limits = replace(self.limits, max_image=max(max_image, self.limits.tile))
+        check_limits(manifest, self.limits)
         need = tensorrt_bytes(manifest, self.limits)
         if need > self.budget:  # an estimate: warn, and let TensorRT have the last word
-            hint = "--max-image" if manifest.encoder_halo == 0 else "--max-lr / --max-queries"
-            self.log(f"notice: engines for LR tile {self.limits.tile}, {self.limits.max_queries} queries and LR side "
-                     f"{self.limits.max_image} need about {need / (1 << 30):.1f} GiB, more than the "
+            hint = "--max-image" if manifest.encoder_halo == 0 else "--max-lr / --max-window / --max-queries"
+            self.log(f"notice: engines for LR tile {self.limits.tile}, branch windows {self.limits.max_window}, "
+                     f"{self.limits.max_queries} queries and LR side {self.limits.max_image} need about {need / (1 << 30):.1f} GiB, more than the "
                      f"{self.budget / (1 << 30):.1f} GiB available (estimate); if they fail, build smaller ones "
                      f"(clit-build {hint})")
         self.trt_logger = stderr_logger(self.trt, self.log)
@@ -247,6 +285,7 @@ class TensorRTRunner:
         # any file the pipeline may name (the graph or a variant) -> its graph, resolved once
         self._graph_of = {f: g for g in manifest.graphs for f in (g.file, *(v["file"] for v in g.variants.values()))}
         self._device: dict = {}  # tensor -> (pointer, bytes)
+        self._scratch = (0, 0)  # (pointer, bytes): the activation buffer all contexts share
         self._host: dict = {}
 
     @property
@@ -276,14 +315,36 @@ class TensorRTRunner:
                                         self.workspace, timing, log=self.log, logger=self.trt_logger)
 
         engine, _ = self.cache.get_or_build(Path(graph.file).stem, fields, build, self.runtime.deserialize_cuda_engine)
-        context = engine.create_execution_context()
-        if context is None:  # TensorRT returns None when the activation memory cannot be allocated
-            hint = "--max-image" if self.manifest.encoder_halo == 0 and graph.kind == "encoder" else \
-                "--max-lr / --max-queries"
-            raise RuntimeError(f"{graph.file}: TensorRT could not create an execution context (out of GPU memory?); "
-                               f"rebuild with smaller clit-build {hint}")
+        context = context_without_memory(self.trt, engine)
+        if context is None:  # the bindings return None where the C++ API returns nullptr
+            raise RuntimeError(f"{graph.file}: TensorRT could not create an execution context; {self._smaller(graph)}")
+        self._share_scratch(graph, context, scratch_bytes(engine))
         self._engines[graph.file] = (engine, context)
         return self._engines[graph.file]
+
+    def _smaller(self, graph: GraphEntry) -> str:
+        hint = "--max-image" if self.manifest.encoder_halo == 0 and graph.kind == "encoder" else \
+            "--max-lr / --max-window / --max-queries"
+        return f"rebuild with smaller clit-build {hint}"
+
+    def _share_scratch(self, graph: GraphEntry, context, need: int) -> None:
+        """Attach the activation buffer every context shares to ``context``, first growing it to
+        ``need`` bytes (re-attached to the contexts made so far; between runs, which end
+        synchronised) if this engine needs more than the earlier ones."""
+        ptr, size = self._scratch
+        if need > size:
+            try:
+                grown = self.cuda.malloc(need)
+            except Exception as exc:  # the shim's CudaError, pycuda's MemoryError
+                raise RuntimeError(f"{graph.file}: no GPU memory for TensorRT's {need / (1 << 20):.0f} MiB of "
+                                   f"activations ({exc}); {self._smaller(graph)}") from exc
+            for _, other in self._engines.values():
+                attach_scratch(other, grown, need)
+            if ptr:
+                self.cuda.free(ptr)
+            ptr, size = self._scratch = (grown, need)
+        if size:
+            attach_scratch(context, ptr, size)
 
     def build_all(self) -> list:
         """Build (or find) every engine of the model; returns one status line per graph."""

@@ -11,7 +11,7 @@ from ..bundled import bundled_model_dir
 from ..errors import error_boundary
 from ..manifest import ModelDirError, load_manifest
 from .engine_cache import DEFAULT_CACHE_DIR
-from .profiles import BuildLimits, input_profiles
+from .profiles import BuildLimits, check_limits, input_profiles
 
 DEFAULT_LR, DEFAULT_QUERIES = 512, 32768  # BuildLimits' defaults, for --help and --print-profiles
 
@@ -27,11 +27,11 @@ def parse_lr(text: str) -> int:
     return max(sides)
 
 
-def limits_from(max_lr, max_queries, max_image) -> BuildLimits:
+def limits_from(max_lr, max_queries, max_image, max_window=None) -> BuildLimits:
     tile = parse_lr(max_lr) if max_lr else DEFAULT_LR
     queries = max_queries or DEFAULT_QUERIES
     return BuildLimits(tile=tile, max_queries=queries, max_image=max(max_image or 4096, tile),
-                       opt_tile=min(256, tile), opt_queries=min(8192, queries))
+                       opt_tile=min(256, tile), opt_queries=min(8192, queries), max_window=max_window or 4 * tile)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -43,6 +43,10 @@ def limits_from(max_lr, max_queries, max_image) -> BuildLimits:
 @click.option("--max-lr", help=f"Largest LR tile the engines take (WxH); larger images are tiled, with identical "
                                 f"results.  [default: {DEFAULT_LR}x{DEFAULT_LR}; on a Jetson the largest that fits "
                                 "its shared memory]")
+@click.option("--max-window", type=click.IntRange(min=1),
+              help=f"Largest side of a branch window (feature-grid pixels) of branches 2 and up: scales that need more "
+                   f"branches get smaller LR tiles (x17-x64 on a three-branch model: at most a sixteenth of it).  "
+                   f"[default: 4 x the --max-lr tile, {4 * DEFAULT_LR}]")
 @click.option("--max-queries", type=click.IntRange(min=1),
               help=f"Largest decoder chunk N (clit-infer --chunk is capped to it).  [default: {DEFAULT_QUERIES}; on a "
                    "Jetson the largest that fits]")
@@ -56,7 +60,7 @@ def limits_from(max_lr, max_queries, max_image) -> BuildLimits:
 @click.option("--print-profiles", is_flag=True,
               help="Only print each graph's (min, opt, max) input shapes as JSON (needs no TensorRT).")
 @error_boundary("clit-build", code=1)
-def main(model_dir, precision, max_lr, max_queries, max_image, workspace, cache_dir, print_profiles):
+def main(model_dir, precision, max_lr, max_window, max_queries, max_image, workspace, cache_dir, print_profiles):
     """Build the TensorRT engines of MODEL_DIR (default: the bundled model) into the engine
     cache (what a Jetson user runs once on the device).  clit-infer --backend tensorrt then
     finds them; the limits used here are remembered per model and cache folder."""
@@ -65,8 +69,9 @@ def main(model_dir, precision, max_lr, max_queries, max_image, workspace, cache_
         if model_dir is None:
             raise ModelDirError("no MODEL_DIR given and this installation has no bundled model")
     manifest = load_manifest(model_dir)
-    given = max_lr is not None or max_queries is not None
-    limits = limits_from(max_lr, max_queries, max_image)
+    given = max_lr is not None or max_queries is not None or max_window is not None
+    limits = limits_from(max_lr, max_queries, max_image, max_window)
+    check_limits(manifest, limits)
     if print_profiles:
         doc = {g.file: {name: [list(s) for s in shapes] for name, shapes in input_profiles(manifest, g, limits).items()}
                for g in manifest.graphs}
@@ -77,7 +82,8 @@ def main(model_dir, precision, max_lr, max_queries, max_image, workspace, cache_
     runner = TensorRTRunner(manifest, precision=precision, limits=limits if given else None, max_image=max_image,
                             use_saved=False, cache_dir=cache_dir, workspace=workspace << 20)
     limits = runner.limits
-    click.echo(f"limits: LR tile {limits.tile}, {limits.max_queries} queries, LR side {limits.max_image}", err=True)
+    click.echo(f"limits: LR tile {limits.tile}, branch windows {limits.max_window}, {limits.max_queries} queries, "
+               f"LR side {limits.max_image}", err=True)
     for line in runner.build_all():
         click.echo(line)
     save_limits(runner.cache, manifest, limits)

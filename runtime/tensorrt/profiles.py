@@ -2,9 +2,13 @@
 
 A TensorRT engine accepts input shapes within the (min, opt, max) ranges it was built
 for.  The runtime feeds each graph windows bounded by the LR tile (see
-:mod:`clit.runtime.tiling`), so the ranges follow from three limits:
+:mod:`clit.runtime.tiling`), so the ranges follow from four limits:
 
 * ``tile``: the largest LR tile side the pipeline uses with this engine;
+* ``max_window``: the largest side of a branch window (grid pixels) of branches 2 and up;
+  the pipeline lowers the LR tile of scales that need more branches so that every window
+  stays within it (:func:`plan_tile`): without it, branch 3's window at tile 512 would be
+  8192 pixels a side, its q/k/v tensors over TensorRT's 2^31 elements;
 * ``max_queries``: the largest decoder chunk N;
 * ``max_image``: the largest LR image side (only the decoders' 1-D coordinate tables of a
   whole grid depend on it; they are cheap).
@@ -31,10 +35,27 @@ class BuildLimits:
     max_image: int = 4096
     opt_tile: int = 256
     opt_queries: int = 8192
+    max_window: int = 2048  # = tile x 4: two-branch models' profiles do not depend on it at the defaults
 
     def __post_init__(self):
-        if min(self.tile, self.max_queries, self.max_image, self.opt_tile, self.opt_queries) < 1:
+        if min(self.tile, self.max_queries, self.max_image, self.opt_tile, self.opt_queries, self.max_window) < 1:
             raise ValueError(f"build limits must be positive: {self}")
+
+
+def check_limits(manifest: Manifest, limits: BuildLimits) -> None:
+    """ValueError unless an LR tile of at least one pixel keeps every branch window of the
+    model within ``limits.max_window`` (its last branch reads a grid ``4**(n - 1)`` x the LR)."""
+    need = int(STAGE_BASE ** (manifest.n_branches - 1))
+    if limits.max_window < need:
+        raise ValueError(f"a branch window limit of {limits.max_window} is too small for a {manifest.n_branches}-branch "
+                         f"model (its last branch reads a grid {need} x the LR): use at least {need}")
+
+
+def plan_tile(limits: BuildLimits, n_branches: int, tile: int) -> int:
+    """The LR tile (at most ``tile``) for an upscale whose cascade has ``n_branches``
+    branches: small enough that branch k's window (``tile x 4**k``) stays within
+    ``limits.max_window``."""
+    return max(1, min(tile, int(limits.max_window // STAGE_BASE ** (n_branches - 1))))
 
 
 def encoder_window(manifest: Manifest, limits: BuildLimits) -> int:
@@ -48,10 +69,10 @@ def encoder_window(manifest: Manifest, limits: BuildLimits) -> int:
 
 def grid_window(manifest: Manifest, limits: BuildLimits, branch: int) -> int:
     """Largest window of branch ``branch``'s grid that one tile's queries read (plus the
-    branch convs' one-pixel halo)."""
+    branch convs' one-pixel halo): the tile times the grid's scale, at most ``max_window``."""
     if branch == 0:
         return encoder_window(manifest, limits)
-    return int(limits.tile * STAGE_BASE**branch) + 2 * manifest.radius + 6
+    return int(min(limits.tile * STAGE_BASE**branch, limits.max_window)) + 2 * manifest.radius + 6
 
 
 def dim_ranges(manifest: Manifest, graph: GraphEntry, limits: BuildLimits) -> dict[str, Range]:
@@ -105,6 +126,7 @@ def input_profiles(manifest: Manifest, graph: GraphEntry, limits: BuildLimits) -
 LIMIT_OPTION = {"H": "--max-lr", "W": "--max-lr", "hf": "--max-lr", "wf": "--max-lr", "Hw": "--max-lr",
                 "Ww": "--max-lr", "hq": "--max-lr", "wq": "--max-lr", "h": "--max-image", "w": "--max-image",
                 "N": "--max-queries"}
+WINDOW_DIMS = ("Hw", "Ww", "hq", "wq")  # of branches 2+: bounded by --max-window where it is below tile x 4^k
 # a grouped block's dimensions are capped by the manifest's decoder_grouping, not by an option
 GROUPING_DIMS = ("R", "S", "Gy", "Gx", "My", "Mx")
 
@@ -120,8 +142,11 @@ def outside_profile(manifest: Manifest, graph: GraphEntry, limits: BuildLimits, 
         if isinstance(sym, str) and sym in dims:
             lo, _, hi = dims[sym]
             if not lo <= int(size) <= hi:
+                option = LIMIT_OPTION.get(sym, "--max-lr")
+                if sym in WINDOW_DIMS and graph.branch > 0 and limits.max_window < limits.tile * STAGE_BASE**graph.branch:
+                    option = "--max-window"
                 fix = ("the pipeline cuts grouped blocks to the manifest's decoder_grouping caps: this runtime and "
                        "the engine disagree, rebuild the engine" if sym in GROUPING_DIMS else
-                       f"rebuild with a larger clit-build {LIMIT_OPTION.get(sym, '--max-lr')}")
+                       f"rebuild with a larger clit-build {option}")
                 return f"{graph.file}: input {name} has {sym} = {size} (axis {axis}) but the engine was built for {lo}..{hi}; {fix}"
     return None
