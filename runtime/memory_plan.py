@@ -153,7 +153,7 @@ def tensorrt_bytes(manifest: Manifest, limits) -> int:
     """Estimated working memory of a model's TensorRT engines built for ``limits``
     (:class:`~clit.runtime.tensorrt.profiles.BuildLimits`).  TensorRT sizes a context's
     activation memory for its profile's largest shapes; the backend's contexts run one after
-    another and share one such buffer (:meth:`TensorRTRunner.scratch`), so the estimate is the
+    another and share one such buffer (``TensorRTRunner._share_scratch``), so the estimate is the
     largest graph's working set plus every graph's input and output buffers, which persist
     (``IO_COPIES``: on the device and page-locked on the host), each at its maximum: the
     encoder on the largest LR window, each branch graph on its largest grid window, each

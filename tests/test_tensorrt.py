@@ -69,26 +69,8 @@ class RecordingRunner(OnnxRuntimeRunner):
         return super().run(file, feeds)
 
 
-@pytest.mark.parametrize("n_branches, tile, window, cases", [
-    (2, 8, 2048, [((21, 30), 2), ((17, 9), 3.7), ((20, 26), 6), ((12, 11), 12), ((9, 10), (16, 5))]),
-    (2, 13, 2048, [((40, 27), 4), ((14, 33), 7.5)]),
-    (2, 13, 30, [((40, 27), 4), ((14, 33), 7.5), ((19, 12), 16)]),  # the window limit lowers the tile
-    (3, 8, 2048, [((21, 30), 2), ((12, 11), 12), ((7, 9), 18), ((5, 6), (30, 4))]),
-    (3, 9, 50, [((20, 26), 6), ((11, 10), 24), ((6, 5), 40)]),
-])
-def test_profiles_cover_what_the_pipeline_feeds(bundled_with_branches, rng, n_branches, tile, window, cases):
-    """Every input shape the real pipeline feeds, at the LR tile the TensorRT engine gives it
-    (plan_tile), lies inside the profiles: with two and three branches, and where the branch
-    window limit, not the tile, bounds the windows."""
-    manifest = bundled_with_branches(n_branches)
-    limits = BuildLimits(tile=tile, max_queries=700, max_image=40, opt_tile=4, opt_queries=100, max_window=window)
-    check_limits(manifest, limits)
-    runner = RecordingRunner(manifest)
-    pipe = Pipeline(manifest, runner)
-    for (h, w), scale in cases:
-        plan = pipe.plan((h, w), scale=scale)
-        pipe.upscale(rng.random((h, w, 3), dtype=np.float32), scale=scale, chunk=700,
-                     tile=plan_tile(limits, plan.n_branches, tile))
+def _assert_inside_profiles(manifest, limits, runner) -> int:
+    """Every input shape ``runner`` saw lies inside its graph's profile; returns how many were checked."""
     checked = 0
     for g in manifest.graphs:
         profiles = input_profiles(manifest, g, limits)
@@ -98,10 +80,55 @@ def test_profiles_cover_what_the_pipeline_feeds(bundled_with_branches, rng, n_br
             pmin, _, pmax = (np.array(s) for s in profiles[name])
             assert (pmin <= lo).all() and (hi <= pmax).all(), (file, name, lo, hi, profiles[name])
             checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("n_branches, tile, window, cases", [
+    (2, 8, 2048, [((21, 30), 2), ((17, 9), 3.7), ((20, 26), 6), ((12, 11), 12), ((9, 10), (16, 5))]),
+    (2, 13, 2048, [((40, 27), 4), ((14, 33), 7.5)]),
+    (2, 13, 30, [((40, 27), 4), ((14, 33), 7.5), ((19, 12), 16)]),  # the window limit lowers the tile
+    (3, 8, 2048, [((21, 30), 2), ((12, 11), 12), ((7, 9), 18), ((5, 6), (30, 4))]),
+    (3, 9, 50, [((20, 26), 6), ((11, 10), 24), ((6, 5), 40)]),
+])
+def test_profiles_cover_what_the_pipeline_feeds(bundled_with_branches, rng, n_branches, tile, window, cases):
+    """Every input shape the real pipeline feeds, at the LR tile the TensorRT engine gives it
+    (TensorRTEngine.upscale, its runner's limits), lies inside the profiles: with two and three
+    branches, and where the branch window limit, not the tile, bounds the windows."""
+    from types import SimpleNamespace as NS
+
+    from clit.runtime.engines import TensorRTEngine
+
+    manifest = bundled_with_branches(n_branches)
+    limits = BuildLimits(tile=tile, max_queries=700, max_image=40, opt_tile=4, opt_queries=100, max_window=window)
+    check_limits(manifest, limits)
+    runner = RecordingRunner(manifest)
+    engine = object.__new__(TensorRTEngine)  # its upscale over the real pipeline, ONNX Runtime in TensorRT's place
+    engine.runner, engine.pipeline, engine.chunk, engine.tile = NS(limits=limits), Pipeline(manifest, runner), 700, tile
+    for (h, w), scale in cases:
+        engine.upscale(rng.random((h, w, 3), dtype=np.float32), scale=scale)
+        n = engine.pipeline.plan((h, w), scale=scale).n_branches
+        assert engine.pipeline.last_tiling[0] == plan_tile(limits, n, tile)
+    checked = _assert_inside_profiles(manifest, limits, runner)
     assert checked >= 15 * n_branches // 2  # encoder image; branch feat/rows/cols; q/k/v/rows/cols/coord per decoder
     ran = {file for file, _ in runner.seen}
     assert {g.branch for g in manifest.graphs if g.kind in ("decoder", "grouped") and g.file in ran} == \
         set(range(n_branches))  # every branch decoded
+
+
+def test_profiles_cover_a_window_padded_encoder(bundled_with_branches, rng):
+    """An encoder that runs on the whole image padded to whole windows (SwinIR: halo 0, window 8):
+    an image as large as --max-image is padded past it, and the decoders' coordinate tables
+    follow (review finding: they were sized for the unpadded side)."""
+    from clit.runtime.manifest import Manifest
+
+    base = bundled_with_branches(2)
+    manifest = Manifest(base.root, {**base.data, "encoder_halo": 0, "window_size": 8})
+    limits = BuildLimits(tile=16, max_queries=700, max_image=40, opt_tile=4, opt_queries=100)
+    runner = RecordingRunner(manifest)
+    pipe = Pipeline(manifest, runner)
+    for scale in (2, 6):
+        pipe.upscale(rng.random((40, 33, 3), dtype=np.float32), scale=scale, chunk=700, tile=16)
+    assert _assert_inside_profiles(manifest, limits, runner) >= 10
 
 
 def test_branch_window_limit(bundled_with_branches):
@@ -114,6 +141,7 @@ def test_branch_window_limit(bundled_with_branches):
     limits = BuildLimits(tile=512, max_window=2048)
     assert [plan_tile(limits, n, 512) for n in (1, 2, 3)] == [512, 512, 128]
     assert plan_tile(limits, 3, 100) == 100 and plan_tile(BuildLimits(max_window=16), 3, 512) == 1
+    assert plan_tile(BuildLimits(max_window=16), 1, 512) == 512  # branch 1's window is the encoder's
     dec3 = three.graph("decoder", 2)
     assert dim_ranges(three, dec3, limits)["hq"][2] == 2048 + 2 * three.radius + 6
     assert "--max-window" in outside_profile(three, dec3, limits, "q", (1, 64, 2048 + 13, 5))
@@ -262,6 +290,24 @@ def test_clit_build_window_limit(bundled_with_branches):
     assert res.exit_code == 1 and "at least 16" in res.output
 
 
+def test_saved_limits_from_before_the_window_limit(tmp_path, model_dir):
+    """Limits saved by a clit-build without --max-window (tile only) read back as what those
+    engines were built for: windows of 4 x the tile, so the same engines are found."""
+    from clit.runtime.tensorrt.backend import _limits_path, save_limits, saved_limits
+
+    manifest = load_manifest(model_dir)
+    cache = EngineCache(tmp_path)
+    built = BuildLimits(tile=1024, max_queries=4096, max_image=4096, opt_tile=256, opt_queries=4096, max_window=4096)
+    save_limits(cache, manifest, built)
+    assert saved_limits(cache, manifest) == built
+    old = json.loads(_limits_path(cache, manifest).read_text())
+    del old["max_window"]
+    _limits_path(cache, manifest).write_text(json.dumps(old))
+    assert saved_limits(cache, manifest) == built
+    _limits_path(cache, manifest).write_text("{}")
+    assert saved_limits(cache, manifest) is None
+
+
 @pytest.mark.parametrize("limits", [BuildLimits(), BuildLimits(tile=1024, max_queries=65536, max_image=8192)])
 @pytest.mark.parametrize("n_branches", [2, 3])
 def test_every_tensor_fits_at_the_profile_maximum(bundled_with_branches, n_branches, limits):
@@ -350,6 +396,7 @@ def _release(version: str):
     import warnings
     from types import SimpleNamespace as NS
 
+    v = tuple(int(part) for part in version.split("."))
     calls = []
 
     def deprecated(name, value=None):
@@ -363,14 +410,14 @@ def _release(version: str):
         def _set(self, ptr):
             calls.append(("device_memory=", ptr))
         device_memory = property(None, _set)
-        if version >= "10.1":
+        if v >= (10, 1):
             def set_device_memory(self, ptr, size):
                 calls.append(("set_device_memory", ptr, size))
 
-    strategy = NS(STATIC=0, ON_PROFILE_CHANGE=1, USER_MANAGED=2) if version >= "10" else None
+    strategy = NS(STATIC=0, ON_PROFILE_CHANGE=1, USER_MANAGED=2) if v >= (10,) else None
 
     class Engine:
-        if version < "10":
+        if v < (10,):
             device_memory_size = 1000
 
             def create_execution_context_without_device_memory(self):
@@ -384,13 +431,13 @@ def _release(version: str):
             def create_execution_context(self, strategy=0):
                 calls.append(("create_execution_context", strategy))
                 return Context()
-        if "10" <= version < "11":
+        if (10,) <= v < (11,):
             create_execution_context_without_device_memory = deprecated("without_device_memory", Context())
-        if version == "10.0":
+        if v == (10, 0):
             device_memory_size = 1000
-        elif "10.1" <= version < "11":
+        elif (10, 1) <= v < (11,):
             device_memory_size = property(deprecated("device_memory_size", 999))
-        if version >= "10.1":
+        if v >= (10, 1):
             device_memory_size_v2 = 1000
 
     trt = NS(ExecutionContextAllocationStrategy=strategy) if strategy else NS()
@@ -411,9 +458,10 @@ def test_shared_scratch_calls_per_tensorrt_version(version):
         assert scratch_bytes(engine) == 1000
         ctx = context_without_memory(trt, engine)
         attach_scratch(ctx, 0x7F0000, 4096)
-    made = calls[0]
-    assert made == (("without_device_memory",) if version < "10" else ("create_execution_context", 2))
-    assert calls[1] == (("set_device_memory", 0x7F0000, 4096) if version >= "10.1" else ("device_memory=", 0x7F0000))
+    v = tuple(int(part) for part in version.split("."))
+    assert calls[0] == (("without_device_memory",) if v < (10,) else ("create_execution_context", 2))
+    assert calls[1] == (("set_device_memory", 0x7F0000, 4096) if v >= (10, 1) else ("device_memory=", 0x7F0000))
+    assert len(calls) == 2
 
 
 def test_contexts_share_one_growing_scratch_buffer():
@@ -426,15 +474,21 @@ def test_contexts_share_one_growing_scratch_buffer():
     _, engine, calls = _release("10.16")
     log = []
     cuda = NS(malloc=lambda n: log.append(("malloc", n)) or 0x1000 * len(log), free=lambda p: log.append(("free", p)))
-    runner = NS(_scratch=(0, 0), _engines={}, cuda=cuda, manifest=None)
+    runner = NS(_scratch=(0, 0), _engines={}, cuda=cuda, manifest=NS(encoder_halo=36))
+    runner._smaller = lambda graph: TensorRTRunner._smaller(runner, graph)
     for name, need in (("a", 300), ("b", 200), ("c", 900)):
         ctx = engine.create_execution_context(2)
         TensorRTRunner._share_scratch(runner, _graph(), ctx, need)
         runner._engines[name] = (engine, ctx)
-    assert log == [("malloc", 300), ("malloc", 900), ("free", 0x1000)] and runner._scratch == (0x2000, 900)
+    # freed before the larger one is made: never both at once
+    assert log == [("malloc", 300), ("free", 0x1000), ("malloc", 900)] and runner._scratch == (0x3000, 900)
     attached = [call for call in calls if call[0] == "set_device_memory"]
     # a gets the first buffer, b shares it, then a and b move to the grown one, and c gets it
-    assert attached == [("set_device_memory", 0x1000, 300)] * 2 + [("set_device_memory", 0x2000, 900)] * 3
+    assert attached == [("set_device_memory", 0x1000, 300)] * 2 + [("set_device_memory", 0x3000, 900)] * 3
+    runner.cuda.malloc = lambda n: (_ for _ in ()).throw(MemoryError("cuMemAlloc failed: out of memory"))
+    with pytest.raises(RuntimeError, match="no GPU memory.*--max-lr"):  # names what to lower, and
+        TensorRTRunner._share_scratch(runner, _graph(), engine.create_execution_context(2), 2000)
+    assert runner._engines == {} and runner._scratch == (0, 0)  # no context keeps the freed buffer
 
 
 class _Config:

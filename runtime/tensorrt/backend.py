@@ -82,10 +82,10 @@ def stderr_logger(trt, log):
     return _Logger()
 
 
-# One activation buffer for every context (NvInferRuntime.h: the memory is in use from enqueueV3
-# until the execution completes; sharing it with a context running in parallel is undefined, so
-# contexts that run one after another on one stream, as here, may share it; NVIDIA's Diffusion
-# demo does the same).  The Python spellings per release, from python/src/infer/pyCore.cpp of
+# One activation buffer for every context (NvInferRuntime.h, setDeviceMemory: the memory is in
+# use from enqueueV3 until the execution completes, and from 10.1 the header adds that using it
+# in a context running in parallel is undefined; contexts that run one after another on one
+# stream, as here, may share it, as NVIDIA's Diffusion demo does).  The Python spellings per release, from python/src/infer/pyCore.cpp of
 # release/8.5, 8.6, 10.0, 10.1-10.16, 11.0-11.1; feature-detected, so deprecated names (they
 # raise DeprecationWarning, python/src/utils.cpp) are never touched where a successor exists:
 def scratch_bytes(engine) -> int:
@@ -329,20 +329,23 @@ class TensorRTRunner:
 
     def _share_scratch(self, graph: GraphEntry, context, need: int) -> None:
         """Attach the activation buffer every context shares to ``context``, first growing it to
-        ``need`` bytes (re-attached to the contexts made so far; between runs, which end
-        synchronised) if this engine needs more than the earlier ones."""
+        ``need`` bytes if this engine needs more than the earlier ones (between runs, which end
+        synchronised: the old buffer is freed, the new one attached to every context made so far)."""
         ptr, size = self._scratch
         if need > size:
+            if ptr:  # freed first (the stream is idle between runs): never both buffers at once
+                self.cuda.free(ptr)
+                self._scratch = (0, 0)
             try:
-                grown = self.cuda.malloc(need)
+                ptr = self.cuda.malloc(need)
             except Exception as exc:  # the shim's CudaError, pycuda's MemoryError
+                self._engines.clear()  # their contexts held the freed buffer: made afresh on next use
                 raise RuntimeError(f"{graph.file}: no GPU memory for TensorRT's {need / (1 << 20):.0f} MiB of "
                                    f"activations ({exc}); {self._smaller(graph)}") from exc
+            size = need
+            self._scratch = (ptr, size)
             for _, other in self._engines.values():
-                attach_scratch(other, grown, need)
-            if ptr:
-                self.cuda.free(ptr)
-            ptr, size = self._scratch = (grown, need)
+                attach_scratch(other, ptr, size)
         if size:
             attach_scratch(context, ptr, size)
 
@@ -430,6 +433,8 @@ def saved_limits(cache: EngineCache, manifest: Manifest) -> BuildLimits | None:
     """The limits of the last ``clit-build`` of this model into ``cache``, if any."""
     path = _limits_path(cache, manifest)
     try:
-        return BuildLimits(**json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
+        saved = json.loads(path.read_text())
+        saved.setdefault("max_window", 4 * int(saved["tile"]))  # saved before the window limit: what it built
+        return BuildLimits(**saved)
+    except (OSError, ValueError, TypeError, KeyError):
         return None

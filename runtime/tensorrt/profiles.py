@@ -55,6 +55,8 @@ def plan_tile(limits: BuildLimits, n_branches: int, tile: int) -> int:
     """The LR tile (at most ``tile``) for an upscale whose cascade has ``n_branches``
     branches: small enough that branch k's window (``tile x 4**k``) stays within
     ``limits.max_window``."""
+    if n_branches < 2:  # branch 1 reads the LR grid: its window is the encoder's, bounded by the tile
+        return tile
     return max(1, min(tile, int(limits.max_window // STAGE_BASE ** (n_branches - 1))))
 
 
@@ -83,7 +85,10 @@ def dim_ranges(manifest: Manifest, graph: GraphEntry, limits: BuildLimits) -> di
     if graph.kind == "encoder":
         return {"H": (1, opt, enc), "W": (1, opt, enc)}
     win = grid_window(manifest, limits, k)
-    table = int(limits.max_image * STAGE_BASE**k)
+    side = limits.max_image  # SwinIR: the image is padded to whole windows first
+    if manifest.window_size > 1:
+        side = max(window_padded_size((side, side), manifest.window_size))
+    table = int(side * STAGE_BASE**k)
     if graph.kind == "branch":
         return {"hf": (1, opt, enc), "wf": (1, opt, enc), "Hw": (1, min(opt, win), win),
                 "Ww": (1, min(opt, win), win)}
