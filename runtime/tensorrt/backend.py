@@ -85,9 +85,10 @@ def stderr_logger(trt, log):
 # One activation buffer for every context (NvInferRuntime.h, setDeviceMemory: the memory is in
 # use from enqueueV3 until the execution completes, and from 10.1 the header adds that using it
 # in a context running in parallel is undefined; contexts that run one after another on one
-# stream, as here, may share it, as NVIDIA's Diffusion demo does).  The Python spellings per release, from python/src/infer/pyCore.cpp of
-# release/8.5, 8.6, 10.0, 10.1-10.16, 11.0-11.1; feature-detected, so deprecated names (they
-# raise DeprecationWarning, python/src/utils.cpp) are never touched where a successor exists:
+# stream, as here, may share it, as NVIDIA's Diffusion demo does).  The Python spellings per
+# release, from python/src/infer/pyCore.cpp of release/8.5, 8.6, 10.0, 10.1-10.16, 11.0-11.1;
+# feature-detected, so deprecated names (they raise DeprecationWarning, python/src/utils.cpp)
+# are never touched where a successor exists:
 def scratch_bytes(engine) -> int:
     """Activation memory a context of ``engine`` needs, at its profile's largest shapes ("the
     maximum device memory required by the context over all profiles"): ``device_memory_size_v2``
@@ -275,9 +276,9 @@ class TensorRTRunner:
         if need > self.budget:  # an estimate: warn, and let TensorRT have the last word
             hint = "--max-image" if manifest.encoder_halo == 0 else "--max-lr / --max-window / --max-queries"
             self.log(f"notice: engines for LR tile {self.limits.tile}, branch windows {self.limits.max_window}, "
-                     f"{self.limits.max_queries} queries and LR side {self.limits.max_image} need about {need / (1 << 30):.1f} GiB, more than the "
-                     f"{self.budget / (1 << 30):.1f} GiB available (estimate); if they fail, build smaller ones "
-                     f"(clit-build {hint})")
+                     f"{self.limits.max_queries} queries and LR side {self.limits.max_image} need about "
+                     f"{need / (1 << 30):.1f} GiB, more than the {self.budget / (1 << 30):.1f} GiB available "
+                     f"(estimate); if they fail, build smaller ones (clit-build {hint})")
         self.trt_logger = stderr_logger(self.trt, self.log)
         self.runtime = self.trt.Runtime(self.trt_logger)
         self.workspace = workspace
