@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .geometry import STAGE_BASE, CascadePlan
+from .geometry import CascadePlan
 from .manifest import Manifest
 from .pipeline import GroupingRule
 
@@ -170,7 +170,8 @@ def tensorrt_bytes(manifest: Manifest, limits) -> int:
     working = [ENCODER_CHANNELS * 4 * enc]
     io = (3 + 4 * c) * 4 * enc  # the image; feat, q, k, v
     for g in manifest.graphs:
-        window = grid_window(manifest, limits, g.branch) ** 2
+        side = grid_window(manifest, limits, g.branch)
+        window = side * side
         maps = 3 * c * 4 * window  # a q/k/v window: a branch graph's outputs, a decoder's inputs
         if g.kind == "branch":
             working.append((MAP_TENSORS - 3) * c * 4 * window)
@@ -179,7 +180,7 @@ def tensorrt_bytes(manifest: Manifest, limits) -> int:
             working.append(DECODER_TENSORS * limits.max_queries * area * c * 4)
             io += maps
         elif g.kind == "grouped":  # T, the attention tensors of every slot, the gathered keys and values
-            reach = min(grid_window(manifest, limits, g.branch), groups + 2 * manifest.radius)  # what one block reads
+            reach = min(side, groups + 2 * manifest.radius)  # what one block reads
             working.append(4 * pixels * area * (heads * hidden + GROUPED_TENSORS * slots * heads + 2 * c))
             io += 3 * c * 4 * reach**2
     return max(working) + IO_COPIES * io
@@ -192,20 +193,20 @@ def fitting_limits(manifest: Manifest, budget: int):
     tile (what a second branch needs; scales that need a third branch get a quarter of the
     tile).  Encoders that run on the whole image (halo 0: SwinIR) are bounded by the largest
     LR side, so that is lowered first."""
-    from .tensorrt.profiles import BuildLimits
+    from .tensorrt.profiles import BuildLimits, default_window, window_scale
 
     sides = (4096, 2048, 1024, 512, 256) if manifest.encoder_halo == 0 else (4096,)
-    smallest = int(STAGE_BASE ** (manifest.n_branches - 1))  # one LR pixel of the last branch
+    smallest = window_scale(manifest.n_branches)  # one LR pixel of the last branch
     for side in sides:
         for tile in (512, 384, 256, 192, 128, 96, 64, 32):
             for queries in (32768, 16384, 8192, 4096, 2048):
                 t = min(tile, side)
                 limits = BuildLimits(tile=t, max_queries=queries, max_image=side, opt_tile=min(256, t),
-                                     opt_queries=min(8192, queries), max_window=max(4 * t, smallest))
+                                     opt_queries=min(8192, queries), max_window=max(default_window(t), smallest))
                 if tensorrt_bytes(manifest, limits) <= budget:
                     return limits
     return BuildLimits(tile=32, max_queries=2048, max_image=sides[-1], opt_tile=32, opt_queries=2048,
-                       max_window=max(128, smallest))
+                       max_window=max(default_window(32), smallest))
 
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}

@@ -170,6 +170,7 @@ def bundled_with_branches(tmp_path_factory):
     grid they read does, which the pipeline plans and the TensorRT profiles bound), so shape,
     profile and memory checks see a real n-branch model.  Never an accuracy test: a repeated branch's weights were
     not trained for its grid."""
+    import copy
     import shutil
 
     from clit.runtime.bundled import bundled_model_dir
@@ -195,7 +196,7 @@ def bundled_with_branches(tmp_path_factory):
             for g in base.data["graphs"]:
                 if g["branch"] != last:
                     continue
-                g = json.loads(json.dumps(g))
+                g = copy.deepcopy(g)
                 names = {g["file"]: None, **{v["file"]: None for v in g.get("variants", {}).values()}}
                 for name in names:  # decoder2.grouped.fp16.onnx -> decoder3.grouped.fp16.onnx
                     new = name.replace(str(last + 1), str(k + 1), 1)

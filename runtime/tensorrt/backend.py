@@ -48,7 +48,7 @@ from ..memory_plan import BUDGET_FRACTION, fitting_limits, memory_budget, tensor
 from .cuda_api import FALLBACK_REASONS, open_cuda
 from .engine_cache import EngineCache, file_lock
 from .precision import pin_fp32
-from .profiles import BuildLimits, check_limits, input_profiles, outside_profile
+from .profiles import BuildLimits, check_limits, default_window, input_profiles, outside_profile
 
 DEFAULT_WORKSPACE = 1 << 30
 ENGINE_FORMAT = 2  # bump when what a build does changes (recipes, pinning): older cached engines are rebuilt
@@ -435,7 +435,7 @@ def saved_limits(cache: EngineCache, manifest: Manifest) -> BuildLimits | None:
     path = _limits_path(cache, manifest)
     try:
         saved = json.loads(path.read_text())
-        saved.setdefault("max_window", 4 * int(saved["tile"]))  # saved before the window limit: what it built
+        saved.setdefault("max_window", default_window(int(saved["tile"])))  # saved before the window limit: what it built
         return BuildLimits(**saved)
     except (OSError, ValueError, TypeError, KeyError):
         return None

@@ -11,7 +11,7 @@ from ..bundled import bundled_model_dir
 from ..errors import error_boundary
 from ..manifest import ModelDirError, load_manifest
 from .engine_cache import DEFAULT_CACHE_DIR
-from .profiles import BuildLimits, check_limits, input_profiles
+from .profiles import BuildLimits, check_limits, default_window, input_profiles
 
 DEFAULT_LR, DEFAULT_QUERIES = 512, 32768  # BuildLimits' defaults, for --help and --print-profiles
 
@@ -31,7 +31,7 @@ def limits_from(max_lr, max_queries, max_image, max_window=None) -> BuildLimits:
     tile = parse_lr(max_lr) if max_lr else DEFAULT_LR
     queries = max_queries or DEFAULT_QUERIES
     return BuildLimits(tile=tile, max_queries=queries, max_image=max(max_image or 4096, tile),
-                       opt_tile=min(256, tile), opt_queries=min(8192, queries), max_window=max_window or 4 * tile)
+                       opt_tile=min(256, tile), opt_queries=min(8192, queries), max_window=max_window or default_window(tile))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -42,10 +42,20 @@ class BuildLimits:
             raise ValueError(f"build limits must be positive: {self}")
 
 
+def window_scale(n_branches: int) -> int:
+    """How many times the LR, per side, the grid of an ``n_branches`` cascade's last branch is."""
+    return int(STAGE_BASE ** (n_branches - 1))
+
+
+def default_window(tile: int) -> int:
+    """The branch window limit that goes with an LR tile: what a second branch reads at it."""
+    return int(STAGE_BASE * tile)
+
+
 def check_limits(manifest: Manifest, limits: BuildLimits) -> None:
     """ValueError unless an LR tile of at least one pixel keeps every branch window of the
     model within ``limits.max_window`` (its last branch reads a grid ``4**(n - 1)`` x the LR)."""
-    need = int(STAGE_BASE ** (manifest.n_branches - 1))
+    need = window_scale(manifest.n_branches)
     if limits.max_window < need:
         raise ValueError(f"a branch window limit of {limits.max_window} is too small for a {manifest.n_branches}-branch "
                          f"model (its last branch reads a grid {need} x the LR): use at least {need}")
@@ -57,7 +67,7 @@ def plan_tile(limits: BuildLimits, n_branches: int, tile: int) -> int:
     ``limits.max_window``."""
     if n_branches < 2:  # branch 1 reads the LR grid: its window is the encoder's, bounded by the tile
         return tile
-    return max(1, min(tile, int(limits.max_window // STAGE_BASE ** (n_branches - 1))))
+    return max(1, min(tile, limits.max_window // window_scale(n_branches)))
 
 
 def encoder_window(manifest: Manifest, limits: BuildLimits) -> int:
