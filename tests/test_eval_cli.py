@@ -78,6 +78,42 @@ def test_eval_json_persists_each_image_and_resume_continues(data_dir, tmp_path, 
     assert res.exit_code == 2 and "--resume needs --json" in res.output
 
 
+def test_eval_resume_with_fewer_pairs_keeps_the_others_in_json(data_dir, tmp_path):
+    """--resume asking for some of the pairs already in --json (one scale to check, another
+    dataset's file) rewrites the file with every earlier result still in it, not only those
+    asked for this time."""
+    set5 = str(data_dir / "Set5" / "HR")
+    out = tmp_path / "r.json"
+    args = ["--method", "bicubic", "--data", set5, "--max-images", "1", "--json", str(out)]
+    assert CliRunner().invoke(eval_cli, [*args, "--scales", "2,3,4"]).exit_code == 0
+    before = json.loads(out.read_text())["results"]
+    res = CliRunner().invoke(eval_cli, [*args, "--scales", "3,6", "--resume"])
+    assert res.exit_code == 0, res.output
+    after = json.loads(out.read_text())
+    assert after["complete"] is True
+    assert sorted(r["scale"] for r in after["results"]) == [2.0, 3.0, 4.0, 6.0]
+    assert {r["scale"]: r for r in after["results"] if r["scale"] != 6.0} == {r["scale"]: r for r in before}
+    assert "Set5 x3: kept" in res.output and "Set5 x2" not in res.output  # kept in the file, not run or shown
+
+
+def test_eval_threads_reach_onnx_runtime(data_dir, tmp_path, monkeypatch):
+    """--threads is ONNX Runtime's intra-op thread count of the model's sessions."""
+    import onnxruntime as ort
+
+    seen = []
+    real = ort.InferenceSession
+
+    def recording(path, sess_options=None, **kw):
+        seen.append(sess_options.intra_op_num_threads)
+        return real(path, sess_options=sess_options, **kw)
+
+    monkeypatch.setattr(ort, "InferenceSession", recording)
+    res = CliRunner().invoke(eval_cli, ["--backend", "onnxruntime", "--threads", "1", "--data",
+                                        str(data_dir / "Set5" / "HR"), "--max-images", "1", "--scales", "2"])
+    assert res.exit_code == 0, res.output
+    assert seen and set(seen) == {1}
+
+
 def test_eval_resume_refuses_a_changed_model_file(golden_dir, data_dir, tmp_path):
     """The setup records the model file's sha256: new weights at the same path are not mixed
     into results of the old ones."""

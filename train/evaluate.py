@@ -186,6 +186,9 @@ def parse_scales(text: str) -> list[float]:
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="auto: fp16 on a GPU, fp32 on the CPU (the README tables are fp32).")
 @click.option("--device", default="cpu", show_default=True, help="torch device for --checkpoint.")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
+              help="ONNX Runtime intra-op threads (0: every core); e.g. 1 each for two evaluations "
+                   "side by side on two cores.")
 @click.option("--quantize", is_flag=True, help="Round predictions to 8 bits first (what a saved PNG scores).")
 @click.option("--max-images", type=click.IntRange(min=1), help="Only the first N images of each folder.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path),
@@ -198,7 +201,7 @@ def parse_scales(text: str) -> list[float]:
 @click.option("--markdown", "markdown_label", metavar="LABEL",
               help="Also print the results as README table rows (PSNR / SSIM-Y per scale) labelled LABEL.")
 @error_boundary("clit-eval")
-def main(checkpoint, model_dir, method, folders, scales, protocol, backend, precision, device, quantize,
+def main(checkpoint, model_dir, method, folders, scales, protocol, backend, precision, device, threads, quantize,
          max_images, json_out, resume, markdown_label):
     """Evaluate a model (or bicubic) on folders of HR images at several scales.
 
@@ -219,17 +222,20 @@ def main(checkpoint, model_dir, method, folders, scales, protocol, backend, prec
     else:
         if checkpoint and model_dir:
             raise click.UsageError("give at most one of --checkpoint and --model")
-        engine = make_engine(backend, model_dir=model_dir, checkpoint=checkpoint, precision=precision, device=device)
+        engine = make_engine(backend, model_dir=model_dir, checkpoint=checkpoint, precision=precision, device=device,
+                             threads=threads)
     click.echo(f"method: {engine.name}; protocol: {protocol}", err=True)
     setup = {"method": engine.name, "protocol": protocol, "quantize": quantize,
              "checkpoint": str(checkpoint) if checkpoint else None, "model": str(model_dir) if model_dir else None,
              "model_sha256": sha256_file(engine.source) if engine.source else None, "max_images": max_images}
     done, partial = previous_results(json_out, setup) if resume else ({}, {})
     results, failed = [], []
+    asked = {(dataset_name(f), float(s)) for f in folders for s in scale_list}
+    others = [r for key, r in done.items() if key not in asked]  # finished before, not asked now: kept in --json
 
     def save(complete: bool = False) -> None:
         if json_out is not None:
-            write_json(json_out, setup, results, failed, partial, complete=complete)
+            write_json(json_out, setup, others + results, failed, partial, complete=complete)
 
     save()  # an unwritable --json is an error now, not after hours of evaluation
 
