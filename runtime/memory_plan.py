@@ -186,27 +186,41 @@ def tensorrt_bytes(manifest: Manifest, limits) -> int:
     return max(working) + IO_COPIES * io
 
 
-def fitting_limits(manifest: Manifest, budget: int):
+def fitting_limits(manifest: Manifest, budget: int, given: dict | None = None):
     """The largest build limits (tile, then chunk) whose :func:`tensorrt_bytes` fits ``budget``
     (the default limits of the TensorRT engines, sized to the GPU's free memory, or on boards
     whose GPU shares the system RAM to the process's budget), with branch windows of 4 x the
     tile (what a second branch needs; scales that need a third branch get a quarter of the
     tile).  Encoders that run on the whole image (halo 0: SwinIR) are bounded by the largest
-    LR side, so that is lowered first."""
+    LR side, so that is lowered first.  ``given`` (``tile``, ``max_queries``, ``max_window``,
+    ``max_image``: what the user set) is kept as it is and only the others are fitted; if
+    nothing fits, the smallest limits with those given."""
     from .tensorrt.profiles import BuildLimits, default_window, window_scale
 
-    sides = (4096, 2048, 1024, 512, 256) if manifest.encoder_halo == 0 else (4096,)
+    given = dict(given or {})
+    unknown = set(given) - {"tile", "max_queries", "max_window", "max_image"}
+    if unknown:
+        raise ValueError(f"unknown build limits {sorted(unknown)}")
+    if "max_image" in given:
+        sides = (max(given["max_image"], given.get("tile", 1)),)
+    else:
+        sides = (4096, 2048, 1024, 512, 256) if manifest.encoder_halo == 0 else (4096,)
+    tiles = (given["tile"],) if "tile" in given else (512, 384, 256, 192, 128, 96, 64, 32)
+    chunks = (given["max_queries"],) if "max_queries" in given else (32768, 16384, 8192, 4096, 2048)
     smallest = window_scale(manifest.n_branches)  # one LR pixel of the last branch
+
+    def limits(side, tile, queries):
+        t = tile if "tile" in given else min(tile, side)
+        return BuildLimits(tile=t, max_queries=queries, max_image=max(side, t), opt_tile=min(256, t),
+                           opt_queries=min(8192, queries),
+                           max_window=given.get("max_window", max(default_window(t), smallest)))
+
     for side in sides:
-        for tile in (512, 384, 256, 192, 128, 96, 64, 32):
-            for queries in (32768, 16384, 8192, 4096, 2048):
-                t = min(tile, side)
-                limits = BuildLimits(tile=t, max_queries=queries, max_image=side, opt_tile=min(256, t),
-                                     opt_queries=min(8192, queries), max_window=max(default_window(t), smallest))
-                if tensorrt_bytes(manifest, limits) <= budget:
-                    return limits
-    return BuildLimits(tile=32, max_queries=2048, max_image=sides[-1], opt_tile=32, opt_queries=2048,
-                       max_window=max(default_window(32), smallest))
+        for tile in tiles:
+            for queries in chunks:
+                if tensorrt_bytes(manifest, limits(side, tile, queries)) <= budget:
+                    return limits(side, tile, queries)
+    return limits(sides[-1], tiles[-1], chunks[-1])
 
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}

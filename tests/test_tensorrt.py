@@ -579,6 +579,42 @@ def test_default_limits_fit_the_memory(bundled_with_branches, n_branches):
     assert device_label("Orin", 16, 64 << 30) != device_label("Orin", 8, 8 << 30)
 
 
+def test_limits_given_are_kept_and_the_others_fitted(bundled_with_branches):
+    """clit-build's options fix the limits they name and the others are still fitted to the
+    memory: --max-window alone on a 2 GiB board used to take the 512 tile and 32768-query
+    defaults for the rest (an engine far over the budget); the given limits are kept even
+    when nothing fits (the runner then reports the estimate)."""
+    from clit.runtime.manifest import Manifest
+    from clit.runtime.memory_plan import GIB, fitting_limits, tensorrt_bytes
+    from clit.runtime.tensorrt.build_cli import given_limits, limits_from
+
+    three = bundled_with_branches(3)
+    budget = 2 * GIB
+    assert given_limits("1024x768", None, None, 2000) == {"tile": 1024, "max_window": 2000}
+    assert given_limits(None, None, None, None) == {}
+    assert tensorrt_bytes(three, limits_from({"max_window": 1024})) > budget  # the old behaviour
+    for given in ({"max_window": 1024}, {"tile": 64}, {"max_queries": 4096}, {"max_image": 1024},
+                  {"tile": 64, "max_window": 300}):
+        limits = fitting_limits(three, budget, given)
+        assert {k: getattr(limits, k) for k in given} == given
+        assert tensorrt_bytes(three, limits) <= budget, given
+        check_limits(three, limits)
+        free = fitting_limits(three, budget)  # fitting around a given limit never exceeds the free fit's choice
+        assert limits.tile <= max(free.tile, given.get("tile", 0)) and limits.max_queries <= 32768
+    assert fitting_limits(three, budget, {}) == fitting_limits(three, budget)
+    # a window limit below what the fit would choose lets the tile and chunk grow
+    small = fitting_limits(three, budget, {"max_window": 128})
+    assert (small.tile, small.max_queries) >= (fitting_limits(three, budget).tile,
+                                               fitting_limits(three, budget).max_queries)
+    too_big = fitting_limits(three, budget, {"tile": 512, "max_queries": 32768})
+    assert (too_big.tile, too_big.max_queries) == (512, 32768) and tensorrt_bytes(three, too_big) > budget
+    whole = Manifest(three.root, {**three.data, "encoder_halo": 0, "window_size": 8})
+    assert fitting_limits(whole, 8 * GIB, {"max_image": 1024}).max_image == 1024
+    assert fitting_limits(whole, 8 * GIB, {"tile": 256}).max_image >= 256
+    with pytest.raises(ValueError, match="unknown build limits"):
+        fitting_limits(three, budget, {"tile_size": 64})
+
+
 FAKE_PYCUDA = r"""
 import atexit, os, sys
 STACK = []

@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -248,7 +248,7 @@ class TensorRTRunner:
 
     def __init__(self, manifest: Manifest, precision: str = "fp16", limits: BuildLimits | None = None,
                  cache_dir: Path | None = None, workspace: int = DEFAULT_WORKSPACE, log=None,
-                 memory_limit: int | None = None, max_image: int | None = None, use_saved: bool = True):
+                 memory_limit: int | None = None, given: dict | None = None, use_saved: bool = True):
         self.trt = _trt()
         self.major = trt_major(self.trt)
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
@@ -266,11 +266,10 @@ class TensorRTRunner:
         # what the engines may use: on a Jetson (the GPU shares the RAM) the process's memory
         # budget, on a discrete GPU its free memory, with the memory plan's margin
         self.budget = memory_budget(memory_limit) if self.integrated else int(free * BUDGET_FRACTION)
-        # given, else those of the last clit-build (use_saved), else the largest that fit the budget
-        self.limits = limits or (saved_limits(self.cache, manifest) if use_saved else None) or \
-            fitting_limits(manifest, self.budget)
-        if max_image is not None:
-            self.limits = replace(self.limits, max_image=max(max_image, self.limits.tile))
+        # given, else those of the last clit-build (use_saved), else the largest that fit the
+        # budget, keeping those of them the user gave (``given``: clit-build's options)
+        self.limits = limits or (saved_limits(self.cache, manifest) if use_saved and not given else None) or \
+            fitting_limits(manifest, self.budget, given)
         check_limits(manifest, self.limits)
         need = tensorrt_bytes(manifest, self.limits)
         if need > self.budget:  # an estimate: warn, and let TensorRT have the last word

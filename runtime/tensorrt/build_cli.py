@@ -27,11 +27,21 @@ def parse_lr(text: str) -> int:
     return max(sides)
 
 
-def limits_from(max_lr, max_queries, max_image, max_window=None) -> BuildLimits:
-    tile = parse_lr(max_lr) if max_lr else DEFAULT_LR
-    queries = max_queries or DEFAULT_QUERIES
-    return BuildLimits(tile=tile, max_queries=queries, max_image=max(max_image or 4096, tile),
-                       opt_tile=min(256, tile), opt_queries=min(8192, queries), max_window=max_window or default_window(tile))
+def given_limits(max_lr, max_queries, max_image, max_window) -> dict:
+    """The build limits the options set (BuildLimits field -> value); clit-build fits the
+    others to the GPU's memory."""
+    given = {"tile": parse_lr(max_lr) if max_lr else None, "max_queries": max_queries, "max_window": max_window,
+             "max_image": max_image}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def limits_from(given: dict) -> BuildLimits:
+    """``given`` with the defaults for the others (what --print-profiles shows: no GPU to fit them to)."""
+    tile = given.get("tile", DEFAULT_LR)
+    queries = given.get("max_queries", DEFAULT_QUERIES)
+    return BuildLimits(tile=tile, max_queries=queries, max_image=max(given.get("max_image", 4096), tile),
+                       opt_tile=min(256, tile), opt_queries=min(8192, queries),
+                       max_window=given.get("max_window", default_window(tile)))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -41,18 +51,20 @@ def limits_from(max_lr, max_queries, max_image, max_window=None) -> BuildLimits:
                    "mixed-precision graph, strongly typed); fp32: FP32 with TF32 off; int8: the Q/DQ graphs of a "
                    "clit-calibrate model directory.")
 @click.option("--max-lr", help=f"Largest LR tile the engines take (WxH); larger images are tiled, with identical "
-                                f"results.  [default: {DEFAULT_LR}x{DEFAULT_LR}; on a Jetson the largest that fits "
-                                "its shared memory]")
+                                f"results.  [default: the largest that fits the GPU's memory (a Jetson's: its "
+                                f"shared RAM) with the other limits, at most {DEFAULT_LR}x{DEFAULT_LR}]")
 @click.option("--max-window", type=click.IntRange(min=1),
               help=f"Largest side of a branch window (feature-grid pixels) of branches 2 and up: scales that need more "
                    f"branches get smaller LR tiles (x17-x64 on a three-branch model: at most a sixteenth of it).  "
                    f"[default: 4 x the --max-lr tile, {4 * DEFAULT_LR}]")
 @click.option("--max-queries", type=click.IntRange(min=1),
-              help=f"Largest decoder chunk N (clit-infer --chunk is capped to it).  [default: {DEFAULT_QUERIES}; on a "
-                   "Jetson the largest that fits]")
+              help=f"Largest decoder chunk N (clit-infer --chunk is capped to it).  [default: the largest that "
+                   f"fits with the other limits, at most {DEFAULT_QUERIES}]")
 @click.option("--max-image", type=click.IntRange(min=1),
               help="Largest LR image side (the decoders' 1-D coordinate tables; for encoders that run on the whole "
-                   "image, SwinIR, the encoder too).  [default: 4096; for those encoders the largest that fits]")
+                   "image, SwinIR, the encoder too).  [default: 4096; for those encoders the largest that fits]  "
+                   "Limits not given are fitted to the GPU's memory around those given; --print-profiles shows "
+                   "the defaults instead.")
 @click.option("--workspace", type=click.IntRange(min=64), default=1024, show_default=True,
               help="Builder workspace limit in MiB.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
@@ -69,8 +81,8 @@ def main(model_dir, precision, max_lr, max_window, max_queries, max_image, works
         if model_dir is None:
             raise ModelDirError("no MODEL_DIR given and this installation has no bundled model")
     manifest = load_manifest(model_dir)
-    given = max_lr is not None or max_queries is not None or max_window is not None
-    limits = limits_from(max_lr, max_queries, max_image, max_window)
+    given = given_limits(max_lr, max_queries, max_image, max_window)
+    limits = limits_from(given)
     check_limits(manifest, limits)
     if print_profiles:
         doc = {g.file: {name: [list(s) for s in shapes] for name, shapes in input_profiles(manifest, g, limits).items()}
@@ -79,8 +91,8 @@ def main(model_dir, precision, max_lr, max_window, max_queries, max_image, works
         return
     from .backend import TensorRTRunner, save_limits
 
-    runner = TensorRTRunner(manifest, precision=precision, limits=limits if given else None, max_image=max_image,
-                            use_saved=False, cache_dir=cache_dir, workspace=workspace << 20)
+    runner = TensorRTRunner(manifest, precision=precision, given=given, use_saved=False, cache_dir=cache_dir,
+                            workspace=workspace << 20)
     limits = runner.limits
     click.echo(f"limits: LR tile {limits.tile}, branch windows {limits.max_window}, {limits.max_queries} queries, "
                f"LR side {limits.max_image}", err=True)
