@@ -186,6 +186,11 @@ def tensorrt_bytes(manifest: Manifest, limits) -> int:
     return max(working) + IO_COPIES * io
 
 
+FIT_SIDES = (4096, 2048, 1024, 512, 256)  # largest LR sides tried for whole-image encoders (SwinIR)
+FIT_TILES = (512, 384, 256, 192, 128, 96, 64, 32)  # LR tiles tried, largest first
+FIT_QUERIES = (32768, 16384, 8192, 4096, 2048)  # decoder chunks tried, largest first
+
+
 def fitting_limits(manifest: Manifest, budget: int, given: dict | None = None):
     """The largest build limits (tile, then chunk) whose :func:`tensorrt_bytes` fits ``budget``
     (the default limits of the TensorRT engines, sized to the GPU's free memory, or on boards
@@ -193,8 +198,9 @@ def fitting_limits(manifest: Manifest, budget: int, given: dict | None = None):
     tile (what a second branch needs; scales that need a third branch get a quarter of the
     tile).  Encoders that run on the whole image (halo 0: SwinIR) are bounded by the largest
     LR side, so that is lowered first.  ``given`` (``tile``, ``max_queries``, ``max_window``,
-    ``max_image``: what the user set) is kept as it is and only the others are fitted; if
-    nothing fits, the smallest limits with those given."""
+    ``max_image``: what the user set) is kept as it is (a ``max_image`` below the tile is raised
+    to it) and only the others are fitted: the tile and chunk, the window with the tile, the LR
+    side for whole-image encoders; if nothing fits, the smallest limits with those given."""
     from .tensorrt.profiles import BuildLimits, default_window, window_scale
 
     given = dict(given or {})
@@ -204,9 +210,9 @@ def fitting_limits(manifest: Manifest, budget: int, given: dict | None = None):
     if "max_image" in given:
         sides = (max(given["max_image"], given.get("tile", 1)),)
     else:
-        sides = (4096, 2048, 1024, 512, 256) if manifest.encoder_halo == 0 else (4096,)
-    tiles = (given["tile"],) if "tile" in given else (512, 384, 256, 192, 128, 96, 64, 32)
-    chunks = (given["max_queries"],) if "max_queries" in given else (32768, 16384, 8192, 4096, 2048)
+        sides = FIT_SIDES if manifest.encoder_halo == 0 else FIT_SIDES[:1]
+    tiles = (given["tile"],) if "tile" in given else FIT_TILES
+    chunks = (given["max_queries"],) if "max_queries" in given else FIT_QUERIES
     smallest = window_scale(manifest.n_branches)  # one LR pixel of the last branch
 
     def limits(side, tile, queries):

@@ -582,37 +582,56 @@ def test_default_limits_fit_the_memory(bundled_with_branches, n_branches):
 def test_limits_given_are_kept_and_the_others_fitted(bundled_with_branches):
     """clit-build's options fix the limits they name and the others are still fitted to the
     memory: --max-window alone on a 2 GiB board used to take the 512 tile and 32768-query
-    defaults for the rest (an engine far over the budget); the given limits are kept even
-    when nothing fits (the runner then reports the estimate)."""
+    defaults for the rest (an engine far over the budget).  The tile and chunk not given are
+    the largest that fit (the next larger tile, with the smallest chunk, or the next larger
+    chunk does not); the given limits are kept even when nothing fits (the runner then
+    reports the estimate)."""
+    from dataclasses import replace
+
     from clit.runtime.manifest import Manifest
-    from clit.runtime.memory_plan import GIB, fitting_limits, tensorrt_bytes
+    from clit.runtime.memory_plan import FIT_QUERIES, FIT_TILES, GIB, fitting_limits, tensorrt_bytes
     from clit.runtime.tensorrt.build_cli import given_limits, limits_from
+    from clit.runtime.tensorrt.profiles import default_window
 
     three = bundled_with_branches(3)
     budget = 2 * GIB
     assert given_limits("1024x768", None, None, 2000) == {"tile": 1024, "max_window": 2000}
     assert given_limits(None, None, None, None) == {}
-    assert tensorrt_bytes(three, limits_from({"max_window": 1024})) > budget  # the old behaviour
-    for given in ({"max_window": 1024}, {"tile": 64}, {"max_queries": 4096}, {"max_image": 1024},
-                  {"tile": 64, "max_window": 300}):
+    # nothing given: README's three-branch figure for 2 GiB (tile 96, 8192 queries)
+    assert fitting_limits(three, budget) == BuildLimits(tile=96, max_queries=8192, max_image=4096, opt_tile=96,
+                                                        opt_queries=8192, max_window=384)
+    assert tensorrt_bytes(three, limits_from({"max_window": 1024}, three)) > budget  # what clit-build used to build
+
+    def over(limits, **change):
+        if "tile" in change and "max_window" not in change:
+            change["max_window"] = max(limits.max_window, default_window(change["tile"]))
+        return tensorrt_bytes(three, replace(limits, **change)) > budget
+
+    for given in ({"max_window": 1024}, {"max_window": 128}, {"tile": 64}, {"max_queries": 4096},
+                  {"max_image": 1024}, {"tile": 64, "max_window": 300}):
         limits = fitting_limits(three, budget, given)
         assert {k: getattr(limits, k) for k in given} == given
         assert tensorrt_bytes(three, limits) <= budget, given
         check_limits(three, limits)
-        free = fitting_limits(three, budget)  # fitting around a given limit never exceeds the free fit's choice
-        assert limits.tile <= max(free.tile, given.get("tile", 0)) and limits.max_queries <= 32768
-    assert fitting_limits(three, budget, {}) == fitting_limits(three, budget)
-    # a window limit below what the fit would choose lets the tile and chunk grow
-    small = fitting_limits(three, budget, {"max_window": 128})
-    assert (small.tile, small.max_queries) >= (fitting_limits(three, budget).tile,
-                                               fitting_limits(three, budget).max_queries)
+        if "tile" not in given and limits.tile != FIT_TILES[0]:
+            bigger = FIT_TILES[FIT_TILES.index(limits.tile) - 1]
+            window = {} if "max_window" in given else {"max_window": default_window(bigger)}
+            assert over(limits, tile=bigger, max_queries=given.get("max_queries", FIT_QUERIES[-1]), **window), given
+        if "max_queries" not in given and limits.max_queries != FIT_QUERIES[0]:
+            assert over(limits, max_queries=FIT_QUERIES[FIT_QUERIES.index(limits.max_queries) - 1]), given
+    # a window limit below what the fit would choose leaves memory for a larger tile
+    assert fitting_limits(three, budget, {"max_window": 128}).tile > fitting_limits(three, budget).tile
     too_big = fitting_limits(three, budget, {"tile": 512, "max_queries": 32768})
     assert (too_big.tile, too_big.max_queries) == (512, 32768) and tensorrt_bytes(three, too_big) > budget
     whole = Manifest(three.root, {**three.data, "encoder_halo": 0, "window_size": 8})
     assert fitting_limits(whole, 8 * GIB, {"max_image": 1024}).max_image == 1024
-    assert fitting_limits(whole, 8 * GIB, {"tile": 256}).max_image >= 256
+    fitted = fitting_limits(whole, 8 * GIB, {"tile": 128})
+    assert fitted.tile == 128 and tensorrt_bytes(whole, fitted) <= 8 * GIB
+    assert fitted.max_image == 4096 or tensorrt_bytes(whole, replace(fitted, max_image=2 * fitted.max_image)) > 8 * GIB
     with pytest.raises(ValueError, match="unknown build limits"):
         fitting_limits(three, budget, {"tile_size": 64})
+    # --print-profiles' defaults: a window at least the last branch's grid per LR pixel
+    assert limits_from({"tile": 2}, three).max_window == 16 and limits_from({}, three) == BuildLimits()
 
 
 FAKE_PYCUDA = r"""

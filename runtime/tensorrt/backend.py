@@ -249,6 +249,8 @@ class TensorRTRunner:
     def __init__(self, manifest: Manifest, precision: str = "fp16", limits: BuildLimits | None = None,
                  cache_dir: Path | None = None, workspace: int = DEFAULT_WORKSPACE, log=None,
                  memory_limit: int | None = None, given: dict | None = None, use_saved: bool = True):
+        if limits is not None and given:
+            raise ValueError("give complete limits or the limits to keep while fitting, not both")
         self.trt = _trt()
         self.major = trt_major(self.trt)
         self.log = log or (lambda msg: print(msg, file=sys.stderr))

@@ -9,9 +9,9 @@ import click
 
 from ..bundled import bundled_model_dir
 from ..errors import error_boundary
-from ..manifest import ModelDirError, load_manifest
+from ..manifest import Manifest, ModelDirError, load_manifest
 from .engine_cache import DEFAULT_CACHE_DIR
-from .profiles import BuildLimits, check_limits, default_window, input_profiles
+from .profiles import BuildLimits, check_limits, default_window, input_profiles, window_scale
 
 DEFAULT_LR, DEFAULT_QUERIES = 512, 32768  # BuildLimits' defaults, for --help and --print-profiles
 
@@ -35,13 +35,14 @@ def given_limits(max_lr, max_queries, max_image, max_window) -> dict:
     return {k: v for k, v in given.items() if v is not None}
 
 
-def limits_from(given: dict) -> BuildLimits:
-    """``given`` with the defaults for the others (what --print-profiles shows: no GPU to fit them to)."""
+def limits_from(given: dict, manifest: Manifest) -> BuildLimits:
+    """``given`` with the defaults for the others (what --print-profiles shows: no GPU to fit
+    them to); the window at least what the model's last branch needs, as the fitted limits."""
     tile = given.get("tile", DEFAULT_LR)
     queries = given.get("max_queries", DEFAULT_QUERIES)
     return BuildLimits(tile=tile, max_queries=queries, max_image=max(given.get("max_image", 4096), tile),
                        opt_tile=min(256, tile), opt_queries=min(8192, queries),
-                       max_window=given.get("max_window", default_window(tile)))
+                       max_window=given.get("max_window", max(default_window(tile), window_scale(manifest.n_branches))))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -56,7 +57,7 @@ def limits_from(given: dict) -> BuildLimits:
 @click.option("--max-window", type=click.IntRange(min=1),
               help=f"Largest side of a branch window (feature-grid pixels) of branches 2 and up: scales that need more "
                    f"branches get smaller LR tiles (x17-x64 on a three-branch model: at most a sixteenth of it).  "
-                   f"[default: 4 x the --max-lr tile, {4 * DEFAULT_LR}]")
+                   f"[default: 4 x the LR tile, e.g. {4 * DEFAULT_LR} at {DEFAULT_LR}]")
 @click.option("--max-queries", type=click.IntRange(min=1),
               help=f"Largest decoder chunk N (clit-infer --chunk is capped to it).  [default: the largest that "
                    f"fits with the other limits, at most {DEFAULT_QUERIES}]")
@@ -82,7 +83,7 @@ def main(model_dir, precision, max_lr, max_window, max_queries, max_image, works
             raise ModelDirError("no MODEL_DIR given and this installation has no bundled model")
     manifest = load_manifest(model_dir)
     given = given_limits(max_lr, max_queries, max_image, max_window)
-    limits = limits_from(given)
+    limits = limits_from(given, manifest)
     check_limits(manifest, limits)
     if print_profiles:
         doc = {g.file: {name: [list(s) for s in shapes] for name, shapes in input_profiles(manifest, g, limits).items()}
