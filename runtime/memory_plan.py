@@ -201,31 +201,29 @@ def fitting_limits(manifest: Manifest, budget: int, given: dict | None = None):
     ``max_image``: what the user set) is kept as it is (a ``max_image`` below the tile is raised
     to it) and only the others are fitted: the tile and chunk, the window with the tile, the LR
     side for whole-image encoders; if nothing fits, the smallest limits with those given."""
-    from .tensorrt.profiles import BuildLimits, default_window, window_scale
+    from .tensorrt.profiles import limits_for
 
     given = dict(given or {})
     unknown = set(given) - {"tile", "max_queries", "max_window", "max_image"}
     if unknown:
         raise ValueError(f"unknown build limits {sorted(unknown)}")
     if "max_image" in given:
-        sides = (max(given["max_image"], given.get("tile", 1)),)
+        sides = (given["max_image"],)
     else:
         sides = FIT_SIDES if manifest.encoder_halo == 0 else FIT_SIDES[:1]
     tiles = (given["tile"],) if "tile" in given else FIT_TILES
     chunks = (given["max_queries"],) if "max_queries" in given else FIT_QUERIES
-    smallest = window_scale(manifest.n_branches)  # one LR pixel of the last branch
 
     def limits(side, tile, queries):
-        t = tile if "tile" in given else min(tile, side)
-        return BuildLimits(tile=t, max_queries=queries, max_image=max(side, t), opt_tile=min(256, t),
-                           opt_queries=min(8192, queries),
-                           max_window=given.get("max_window", max(default_window(t), smallest)))
+        return limits_for(manifest, tile if "tile" in given else min(tile, side), queries, side,
+                          given.get("max_window"))
 
     for side in sides:
         for tile in tiles:
             for queries in chunks:
-                if tensorrt_bytes(manifest, limits(side, tile, queries)) <= budget:
-                    return limits(side, tile, queries)
+                candidate = limits(side, tile, queries)
+                if tensorrt_bytes(manifest, candidate) <= budget:
+                    return candidate
     return limits(sides[-1], tiles[-1], chunks[-1])
 
 

@@ -11,7 +11,7 @@ from ..bundled import bundled_model_dir
 from ..errors import error_boundary
 from ..manifest import Manifest, ModelDirError, load_manifest
 from .engine_cache import DEFAULT_CACHE_DIR
-from .profiles import BuildLimits, check_limits, default_window, input_profiles, window_scale
+from .profiles import BuildLimits, check_limits, input_profiles, limits_for
 
 DEFAULT_LR, DEFAULT_QUERIES = 512, 32768  # BuildLimits' defaults, for --help and --print-profiles
 
@@ -37,12 +37,9 @@ def given_limits(max_lr, max_queries, max_image, max_window) -> dict:
 
 def limits_from(given: dict, manifest: Manifest) -> BuildLimits:
     """``given`` with the defaults for the others (what --print-profiles shows: no GPU to fit
-    them to); the window at least what the model's last branch needs, as the fitted limits."""
-    tile = given.get("tile", DEFAULT_LR)
-    queries = given.get("max_queries", DEFAULT_QUERIES)
-    return BuildLimits(tile=tile, max_queries=queries, max_image=max(given.get("max_image", 4096), tile),
-                       opt_tile=min(256, tile), opt_queries=min(8192, queries),
-                       max_window=given.get("max_window", max(default_window(tile), window_scale(manifest.n_branches))))
+    them to)."""
+    return limits_for(manifest, given.get("tile", DEFAULT_LR), given.get("max_queries", DEFAULT_QUERIES),
+                      given.get("max_image", 4096), given.get("max_window"))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

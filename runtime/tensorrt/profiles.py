@@ -52,6 +52,17 @@ def default_window(tile: int) -> int:
     return int(STAGE_BASE * tile)
 
 
+def limits_for(manifest: Manifest, tile: int, max_queries: int, max_image: int,
+               max_window: int | None = None) -> BuildLimits:
+    """Build limits for an LR tile, chunk and LR side (raised to the tile): the opt shapes at
+    most 256 and 8192, the window ``max_window`` or what goes with the tile, at least the last
+    branch's grid per LR pixel."""
+    if max_window is None:
+        max_window = max(default_window(tile), window_scale(manifest.n_branches))
+    return BuildLimits(tile=tile, max_queries=max_queries, max_image=max(max_image, tile), opt_tile=min(256, tile),
+                       opt_queries=min(8192, max_queries), max_window=max_window)
+
+
 def check_limits(manifest: Manifest, limits: BuildLimits) -> None:
     """ValueError unless an LR tile of at least one pixel keeps every branch window of the
     model within ``limits.max_window`` (its last branch reads a grid ``4**(n - 1)`` x the LR)."""
