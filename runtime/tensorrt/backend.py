@@ -333,10 +333,10 @@ class TensorRTRunner:
         """Attach the activation buffer every context shares to ``context``, first growing it to
         ``need`` bytes if this engine needs more than the earlier ones (between runs, which end
         synchronised: the old buffer is freed, the new one attached to every context made so far).
-        Re-attaching is what the headers allow on every release; NVIDIA's own re-attaching code is
-        10.x only, but setDeviceMemory called again on a context that had run is a reported 7.2
-        usage pattern (NVIDIA/TensorRT#2290: per batch size; it leaked a cuDNN descriptor per call
-        there), and here it happens at most once per graph in a process."""
+        The headers of 8.5-11.1 place no restriction on calling setDeviceMemory again (nor state
+        that it is allowed); NVIDIA's own re-attaching code is 10.3+ only (demo/Diffusion), but
+        calling it again per batch size is a reported 7.2 usage (NVIDIA/TensorRT#2290, where it
+        leaked a cuDNN descriptor per call), and here it happens at most once per graph."""
         ptr, size = self._scratch
         if need > size:
             if ptr:  # freed first (the stream is idle between runs): never both buffers at once
