@@ -148,8 +148,8 @@ def make_engine(backend: str = "auto", model_dir: Path | None = None, checkpoint
     model directory and torch for a checkpoint.  With neither, the bundled default model is
     used (its checkpoint for ``backend='torch'``).  ``tile`` (LR pixels, graph backends)
     evaluates the output in tiles with bounded memory; ``memory_limit`` (bytes) is the
-    process size the memory plan aims at (default 4 GiB); ``threads``: ONNX Runtime's intra-op
-    threads (0: its default, every core).  Raises ``ValueError`` for impossible combinations."""
+    process size the memory plan aims at (default 4 GiB); ``threads``: CPU intra-op threads of
+    ONNX Runtime or torch (0: their default, every core).  Raises ``ValueError`` for impossible combinations."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r} (one of {', '.join(BACKENDS)})")
     if precision not in PRECISIONS:
@@ -193,4 +193,4 @@ def make_engine(backend: str = "auto", model_dir: Path | None = None, checkpoint
         from clit.train.engine import TorchEngine
     except ImportError:
         raise RuntimeError("the torch backend needs PyTorch: pip install 'clit[train]'") from None
-    return TorchEngine(Path(checkpoint), device=device, chunk=chunk or DEFAULT_CHUNK)
+    return TorchEngine(Path(checkpoint), device=device, chunk=chunk or DEFAULT_CHUNK, threads=threads)

@@ -114,6 +114,22 @@ def test_eval_threads_reach_onnx_runtime(data_dir, tmp_path, monkeypatch):
     assert seen and set(seen) == {1}
 
 
+def test_eval_threads_reach_torch(golden_dir, data_dir):
+    """--threads is torch's intra-op thread count for the torch backend too (it used to be
+    ignored there)."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    want = 1 if before != 1 else 2
+    try:
+        res = CliRunner().invoke(eval_cli, ["--checkpoint", str(golden_dir / "edsr_lit_small.pth"), "--threads",
+                                            str(want), "--data", str(data_dir / "Set5" / "HR"), "--max-images", "1",
+                                            "--scales", "2"])
+        assert res.exit_code == 0, res.output
+        assert torch.get_num_threads() == want
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_eval_resume_refuses_a_changed_model_file(golden_dir, data_dir, tmp_path):
     """The setup records the model file's sha256: new weights at the same path are not mixed
     into results of the old ones."""

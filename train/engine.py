@@ -14,7 +14,9 @@ from .model import DEFAULT_CHUNK
 class TorchEngine:
     """Maps an RGB float32 image (h, w, 3) in [0, 1] to the model output (H, W, 3), not clamped."""
 
-    def __init__(self, checkpoint: Path, device: str = "cpu", chunk: int = DEFAULT_CHUNK):
+    def __init__(self, checkpoint: Path, device: str = "cpu", chunk: int = DEFAULT_CHUNK, threads: int = 0):
+        if threads:  # torch's intra-op threads are per process (0: leave torch's default, every core)
+            torch.set_num_threads(threads)
         self.model = load_model(checkpoint, device=torch_device(device))
         self.device, self.chunk = device, chunk
         self.name = f"torch-{device} fp32"
