@@ -198,9 +198,10 @@ def fitting_limits(manifest: Manifest, budget: int, given: dict | None = None):
     tile (what a second branch needs; scales that need a third branch get a quarter of the
     tile).  Encoders that run on the whole image (halo 0: SwinIR) are bounded by the largest
     LR side, so that is lowered first.  ``given`` (``tile``, ``max_queries``, ``max_window``,
-    ``max_image``: what the user set) is kept as it is (a ``max_image`` below the tile is raised
-    to it) and only the others are fitted: the tile and chunk, the window with the tile, the LR
-    side for whole-image encoders; if nothing fits, the smallest limits with those given."""
+    ``max_image``: what the user set) is kept as it is (a ``tile`` above a given ``max_image``
+    is lowered to it: no tile is larger than its image) and only the others are fitted: the
+    tile and chunk, the window with the tile, the LR side for whole-image encoders (at least a
+    given tile); if nothing fits, the smallest limits with those given."""
     from .tensorrt.profiles import limits_for
 
     given = dict(given or {})
@@ -215,8 +216,9 @@ def fitting_limits(manifest: Manifest, budget: int, given: dict | None = None):
     chunks = (given["max_queries"],) if "max_queries" in given else FIT_QUERIES
 
     def limits(side, tile, queries):
-        return limits_for(manifest, tile if "tile" in given else min(tile, side), queries, side,
-                          given.get("max_window"))
+        if "tile" in given and "max_image" not in given:
+            side = max(side, tile)  # a fitted side does not shrink a given tile
+        return limits_for(manifest, tile, queries, side, given.get("max_window"))
 
     for side in sides:
         for tile in tiles:

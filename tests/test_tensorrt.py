@@ -591,7 +591,8 @@ def test_limits_given_are_kept_and_the_others_fitted(bundled_with_branches):
     from clit.runtime.manifest import Manifest
     from clit.runtime.memory_plan import FIT_QUERIES, FIT_TILES, GIB, fitting_limits, tensorrt_bytes
     from clit.runtime.tensorrt.build_cli import given_limits, limits_from
-    from clit.runtime.tensorrt.profiles import default_window
+    from clit.runtime.geometry import window_padded_size
+    from clit.runtime.tensorrt.profiles import default_window, encoder_window
 
     three = bundled_with_branches(3)
     budget = 2 * GIB
@@ -625,6 +626,12 @@ def test_limits_given_are_kept_and_the_others_fitted(bundled_with_branches):
     assert (too_big.tile, too_big.max_queries) == (512, 32768) and tensorrt_bytes(three, too_big) > budget
     whole = Manifest(three.root, {**three.data, "encoder_halo": 0, "window_size": 8})
     assert fitting_limits(whole, 8 * GIB, {"max_image": 1024}).max_image == 1024
+    # a given LR side below a given tile lowers the tile (no tile is larger than its image); it
+    # used to raise the side, so a whole-image encoder got a profile larger than asked
+    small = fitting_limits(whole, 8 * GIB, {"tile": 512, "max_image": 200})
+    assert (small.tile, small.max_image, small.max_window) == (200, 200, default_window(200))
+    assert encoder_window(whole, small) == max(window_padded_size((200, 200), 8))
+    assert (limits_from({"max_image": 200}, three).tile, limits_from({"max_image": 200}, three).max_image) == (200, 200)
     fitted = fitting_limits(whole, 8 * GIB, {"tile": 128})
     assert fitted.tile == 128 and tensorrt_bytes(whole, fitted) <= 8 * GIB
     assert fitted.max_image == 4096 or tensorrt_bytes(whole, replace(fitted, max_image=2 * fitted.max_image)) > 8 * GIB

@@ -54,12 +54,13 @@ def default_window(tile: int) -> int:
 
 def limits_for(manifest: Manifest, tile: int, max_queries: int, max_image: int,
                max_window: int | None = None) -> BuildLimits:
-    """Build limits for an LR tile, chunk and LR side (raised to the tile): the opt shapes at
-    most 256 and 8192, the window ``max_window`` or what goes with the tile, at least the last
-    branch's grid per LR pixel."""
+    """Build limits for an LR tile (at most the LR side: no tile is larger than its image),
+    chunk and LR side: the opt shapes at most 256 and 8192, the window ``max_window`` or what
+    goes with the tile, at least the last branch's grid per LR pixel."""
+    tile = min(tile, max_image)
     if max_window is None:
         max_window = max(default_window(tile), window_scale(manifest.n_branches))
-    return BuildLimits(tile=tile, max_queries=max_queries, max_image=max(max_image, tile), opt_tile=min(256, tile),
+    return BuildLimits(tile=tile, max_queries=max_queries, max_image=max_image, opt_tile=min(256, tile),
                        opt_queries=min(8192, max_queries), max_window=max_window)
 
 
