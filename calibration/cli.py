@@ -154,7 +154,9 @@ if __name__ == "__main__":  # pragma: no cover
               help="Folder of real HR images for calibration (not the evaluation images).")
 @click.option("--images", type=click.IntRange(min=1), default=16, show_default=True,
               help="Calibration images (the first N of the folder).")
-@click.option("--scales", default="2,4,8", show_default=True, help="Scales the calibration runs at.")
+@click.option("--scales", help="Scales the calibration runs at; together they must run every branch of the model.  "
+                                "[default: 2,4 and the middle of each further branch's range: 2,4,8 for two "
+                                "branches (up to x16), 2,4,8,32 for three (up to x64)]")
 @click.option("--hr-crop", type=click.IntRange(min=16), default=128, show_default=True,
               help="HR pixels per side taken from the centre of each calibration image (its LR input is this "
                    "crop downscaled by each scale).")
@@ -174,7 +176,7 @@ def calibrate_main(model_dir, out, folder, images, scales, hr_crop, method, keep
     """
     from .int8 import calibrate
 
-    calibrate(model_dir, out, folder, scales=_scales(scales), max_images=images, hr_crop=hr_crop, method=method,
+    calibrate(model_dir, out, folder, scales=_scales(scales) if scales else None, max_images=images, hr_crop=hr_crop, method=method,
               keep_fp32=tuple(n for n in keep_fp32.split(",") if n), cache_dir=cache_dir,
               log=lambda msg: click.echo(msg, err=True), force=force)
     click.echo(f"wrote {out}")

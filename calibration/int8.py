@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from clit.runtime.atomic import check_replaceable, refuse_overlap, staged_dir
+from clit.runtime.geometry import STAGE_BASE, stage_plan
 from clit.runtime.manifest import MANIFEST, Manifest, load_manifest, sha256_file
 from clit.runtime.onnx_backend import OnnxRuntimeRunner
 from clit.runtime.pipeline import Pipeline
@@ -59,6 +60,27 @@ class RecordingRunner(OnnxRuntimeRunner):
             if j < self.per_graph:
                 bucket[j] = kept
         return super().run(file, feeds)
+
+
+def default_scales(n_branches: int) -> list[float]:
+    """Calibration scales that run every branch of an ``n_branches`` model: x2 and x4 (branch
+    1 alone), then for each branch k >= 2 the middle of its range, 2 x 4^(k-1) (x8, x32, ...)."""
+    return [2.0, 4.0] + [2.0 * STAGE_BASE ** (k - 1) for k in range(2, n_branches + 1)]
+
+
+def check_scales(manifest: Manifest, scales) -> None:
+    """ValueError unless ``scales`` stay within the model and, together, run every branch (a
+    branch no scale reaches would get no calibration data)."""
+    n = manifest.n_branches
+    stages = [len(stage_plan(s)) for s in scales]
+    beyond = [s for s, k in zip(scales, stages) if k > n]
+    if beyond:
+        raise ValueError(f"scale x{beyond[0]:g} is beyond the model's largest (x{STAGE_BASE ** n:g}, {n} branches)")
+    reached = max(stages)
+    if reached < n:
+        raise ValueError(f"the scales {','.join(f'{s:g}' for s in scales)} run branches 1-{reached} of the model's "
+                         f"{n}: add one in (x{STAGE_BASE ** reached:g}, x{STAGE_BASE ** (reached + 1):g}] "
+                         f"(e.g. {2 * STAGE_BASE ** reached:g}) for branch {reached + 1}, or leave --scales out")
 
 
 def collect_inputs(manifest: Manifest, folder: Path, scales, max_images: int, hr_crop: int,
@@ -152,7 +174,7 @@ class _DropHint(logging.Filter):
         return "pre-process" not in record.getMessage()
 
 
-def calibrate(model_dir: Path, out: Path, folder: Path, scales=(2.0, 4.0, 8.0), max_images: int = 16,
+def calibrate(model_dir: Path, out: Path, folder: Path, scales=None, max_images: int = 16,
               hr_crop: int = 128, method: str = "minmax", keep_fp32: tuple[str, ...] = (),
               cache_dir: Path | None = None, log=print, force: bool = False) -> Manifest:
     """Write ``out``: a copy of ``model_dir`` with an ``int8`` variant of every graph.
@@ -160,13 +182,16 @@ def calibrate(model_dir: Path, out: Path, folder: Path, scales=(2.0, 4.0, 8.0), 
     Everything is checked first (``out`` is not, does not contain and does not lie inside
     ``model_dir``, ``folder`` or ``cache_dir``; an existing ``out`` is replaced only with
     ``force`` and only if it is a model directory); the result is built beside ``out`` and
-    put in place when complete."""
+    put in place when complete.  ``scales`` default to :func:`default_scales`; given ones
+    must run every branch."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}")
     out = Path(out)
     refuse_overlap(out, [model_dir, folder, cache_dir])
     check_replaceable(out, force, marker=MANIFEST)
     manifest = load_manifest(model_dir)
+    scales = default_scales(manifest.n_branches) if scales is None else list(scales)
+    check_scales(manifest, scales)
     feeds = collect_inputs(manifest, folder, scales, max_images, hr_crop)
     with staged_dir(out) as tmp:
         shutil.copytree(model_dir, tmp, dirs_exist_ok=True)

@@ -106,6 +106,51 @@ def test_bad_inputs(exported, data_dir, tmp_path):
     assert res.exit_code == 2 and "not a clit-parity reference" in res.output
 
 
+def test_calibration_scales_run_every_branch():
+    from clit.calibration.int8 import default_scales
+    from clit.runtime.geometry import stage_plan
+
+    assert default_scales(2) == [2, 4, 8] and default_scales(3) == [2, 4, 8, 32]
+    for n in (1, 2, 3, 4):
+        assert max(len(stage_plan(s)) for s in default_scales(n)) == n
+
+
+def test_int8_calibration_of_three_branches(data_dir, tmp_path, monkeypatch):
+    """The bundled model has three branches: by default clit-calibrate reaches all of them
+    (its old default, 2,4,8, left branch 3 without data and failed only after collecting);
+    scales that miss a branch or exceed the model are refused before any work."""
+    import clit.calibration.int8 as int8
+    from clit.calibration.cli import calibrate_main
+    from clit.runtime.bundled import bundled_model_dir
+
+    model = bundled_model_dir()
+    if model is None or load_n_branches(model) != 3:
+        pytest.skip("needs the bundled three-branch model")
+    train = data_dir / "train" / "HR"
+    collected = []
+    real = int8.collect_inputs
+    monkeypatch.setattr(int8, "collect_inputs", lambda *a, **k: collected.append(a) or real(*a, **k))
+    for scales, said in (("2,4,8", "(x16, x64] (e.g. 32) for branch 3"), ("2,100", "beyond the model's largest (x64")):
+        res = CliRunner().invoke(calibrate_main, [str(model), "-o", str(tmp_path / "no"), "--data", str(train),
+                                                  "--scales", scales])
+        assert res.exit_code == 2 and said in res.output, res.output
+    assert not collected and not (tmp_path / "no").exists()
+    out = tmp_path / "int8"
+    res = CliRunner().invoke(calibrate_main, [str(model), "-o", str(out), "--data", str(train), "--images", "1",
+                                              "--hr-crop", "96"])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["int8"]["scales"] == [2, 4, 8, 32]
+    assert {g["branch"] for g in manifest["graphs"]} == {0, 1, 2}
+    for g in manifest["graphs"]:
+        q = onnx.load(str(out / g["variants"]["int8"]["file"]), load_external_data=False)
+        assert any(n.op_type == "QuantizeLinear" for n in q.graph.node), g["file"]
+
+
+def load_n_branches(model_dir) -> int:
+    return json.loads((model_dir / "manifest.json").read_text())["n_branches"]
+
+
 def test_int8_calibration(exported, data_dir, tmp_path):
     """clit-calibrate writes Q/DQ variants (float kept where asked), its range caches are
     reused, and the INT8 directory passes clit-parity's INT8 threshold on real images."""
