@@ -776,11 +776,12 @@ def test_tensorrt_int8_builds_the_qdq_graphs(model_dir, tmp_path, rng, data_dir)
     from clit.runtime.metrics import psnr
 
     out = tmp_path / "int8"
-    calibrate(model_dir, out, data_dir / "train" / "HR", scales=(2, 4, 8), max_images=4, hr_crop=96,
-              log=lambda m: None)
-    img = rng.random((37, 45, 3), dtype=np.float32)
-    ref = make_engine("onnxruntime", model_dir=out, precision="int8").upscale(img, scale=4)
+    # default scales: every branch calibrated (2,4,8 would leave a three-branch model's third without data)
+    calibrate(model_dir, out, data_dir / "train" / "HR", max_images=4, hr_crop=96, log=lambda m: None)
+    reference = make_engine("onnxruntime", model_dir=out, precision="int8")
     engine = make_engine("tensorrt", model_dir=out, precision="int8", cache_dir=tmp_path / "c")
     assert "int8" in engine.name
-    got = engine.upscale(img, scale=4)
-    assert got.shape == ref.shape and psnr(np.clip(got, 0, 1), np.clip(ref, 0, 1)) >= 40
+    for shape, scale in (((37, 45, 3), 4), ((9, 11, 3), 24)):  # x24: the third branch's engines too
+        img = rng.random(shape, dtype=np.float32)
+        ref, got = reference.upscale(img, scale=scale), engine.upscale(img, scale=scale)
+        assert got.shape == ref.shape and psnr(np.clip(got, 0, 1), np.clip(ref, 0, 1)) >= 40, scale
