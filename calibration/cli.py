@@ -176,7 +176,7 @@ def calibrate_main(model_dir, out, folder, images, scales, hr_crop, method, keep
     """
     from .int8 import calibrate
 
-    calibrate(model_dir, out, folder, scales=_scales(scales) if scales else None, max_images=images, hr_crop=hr_crop, method=method,
-              keep_fp32=tuple(n for n in keep_fp32.split(",") if n), cache_dir=cache_dir,
+    calibrate(model_dir, out, folder, scales=_scales(scales) if scales else None, max_images=images, hr_crop=hr_crop,
+              method=method, keep_fp32=tuple(n for n in keep_fp32.split(",") if n), cache_dir=cache_dir,
               log=lambda msg: click.echo(msg, err=True), force=force)
     click.echo(f"wrote {out}")

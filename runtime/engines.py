@@ -149,7 +149,8 @@ def make_engine(backend: str = "auto", model_dir: Path | None = None, checkpoint
     used (its checkpoint for ``backend='torch'``).  ``tile`` (LR pixels, graph backends)
     evaluates the output in tiles with bounded memory; ``memory_limit`` (bytes) is the
     process size the memory plan aims at (default 4 GiB); ``threads``: CPU intra-op threads of
-    ONNX Runtime or torch (0: their default, every core).  Raises ``ValueError`` for impossible combinations."""
+    ONNX Runtime or torch (0: their default, every core).  Raises ``ValueError`` for
+    impossible combinations."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r} (one of {', '.join(BACKENDS)})")
     if precision not in PRECISIONS:

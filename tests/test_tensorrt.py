@@ -588,10 +588,10 @@ def test_limits_given_are_kept_and_the_others_fitted(bundled_with_branches):
     reports the estimate)."""
     from dataclasses import replace
 
+    from clit.runtime.geometry import window_padded_size
     from clit.runtime.manifest import Manifest
     from clit.runtime.memory_plan import FIT_QUERIES, FIT_TILES, GIB, fitting_limits, tensorrt_bytes
     from clit.runtime.tensorrt.build_cli import given_limits, limits_from
-    from clit.runtime.geometry import window_padded_size
     from clit.runtime.tensorrt.profiles import default_window, encoder_window
 
     three = bundled_with_branches(3)

@@ -187,8 +187,8 @@ def parse_scales(text: str) -> list[float]:
               help="auto: fp16 on a GPU, fp32 on the CPU (the README tables are fp32).")
 @click.option("--device", default="cpu", show_default=True, help="torch device for --checkpoint.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
-              help="CPU intra-op threads of ONNX Runtime or torch (0: every core); e.g. 1 each for two evaluations "
-                   "side by side on two cores.")
+              help="CPU intra-op threads of ONNX Runtime or torch (0: every core); e.g. 1 each for two "
+                   "evaluations side by side on two cores.")
 @click.option("--quantize", is_flag=True, help="Round predictions to 8 bits first (what a saved PNG scores).")
 @click.option("--max-images", type=click.IntRange(min=1), help="Only the first N images of each folder.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path),
