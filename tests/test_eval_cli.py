@@ -13,6 +13,18 @@ from click.testing import CliRunner
 from clit.train.evaluate import main as eval_cli
 
 
+@pytest.fixture
+def small_set5(data_dir, tmp_path):
+    """tmp/Set5/HR with one 150x120 crop of a Set5 image (PNG): for tests of clit-eval's
+    plumbing, where a whole image through a model only costs time."""
+    from clit.runtime.images import read_uint8, write_image
+
+    folder = tmp_path / "Set5" / "HR"
+    folder.mkdir(parents=True)
+    write_image(folder / "crop.png", read_uint8(data_dir / "Set5" / "HR" / "baby.png")[200:320, 180:330])
+    return folder
+
+
 def test_eval_json_and_table_bicubic(data_dir, tmp_path):
     out = tmp_path / "r.json"
     res = CliRunner().invoke(eval_cli, ["--method", "bicubic", "--data", str(data_dir / "Set5" / "HR"),
@@ -96,7 +108,7 @@ def test_eval_resume_with_fewer_pairs_keeps_the_others_in_json(data_dir, tmp_pat
     assert "Set5 x3: kept" in res.output and "Set5 x2" not in res.output  # kept in the file, not run or shown
 
 
-def test_eval_threads_reach_onnx_runtime(data_dir, tmp_path, monkeypatch):
+def test_eval_threads_reach_onnx_runtime(small_set5, monkeypatch):
     """--threads is ONNX Runtime's intra-op thread count of the model's sessions."""
     import onnxruntime as ort
 
@@ -108,36 +120,34 @@ def test_eval_threads_reach_onnx_runtime(data_dir, tmp_path, monkeypatch):
         return real(path, sess_options=sess_options, **kw)
 
     monkeypatch.setattr(ort, "InferenceSession", recording)
-    res = CliRunner().invoke(eval_cli, ["--backend", "onnxruntime", "--threads", "1", "--data",
-                                        str(data_dir / "Set5" / "HR"), "--max-images", "1", "--scales", "2"])
+    res = CliRunner().invoke(eval_cli, ["--backend", "onnxruntime", "--threads", "1", "--data", str(small_set5),
+                                        "--scales", "2"])
     assert res.exit_code == 0, res.output
     assert seen and set(seen) == {1}
 
 
-def test_eval_threads_reach_torch(golden_dir, data_dir):
-    """--threads is torch's intra-op thread count for the torch backend too (it used to be
-    ignored there)."""
+def test_eval_threads_reach_torch(golden_dir):
+    """``threads`` (clit-eval --threads, passed to make_engine as above) is torch's intra-op
+    thread count for the torch backend too (it used to be ignored there)."""
     torch = pytest.importorskip("torch")
+    from clit.runtime.engines import make_engine
+
     before = torch.get_num_threads()
     want = 1 if before != 1 else 2
     try:
-        res = CliRunner().invoke(eval_cli, ["--checkpoint", str(golden_dir / "edsr_lit_small.pth"), "--threads",
-                                            str(want), "--data", str(data_dir / "Set5" / "HR"), "--max-images", "1",
-                                            "--scales", "2"])
-        assert res.exit_code == 0, res.output
+        make_engine("torch", checkpoint=golden_dir / "edsr_lit_small.pth", threads=want)
         assert torch.get_num_threads() == want
     finally:
         torch.set_num_threads(before)
 
 
-def test_eval_resume_refuses_a_changed_model_file(golden_dir, data_dir, tmp_path):
+def test_eval_resume_refuses_a_changed_model_file(golden_dir, small_set5, tmp_path):
     """The setup records the model file's sha256: new weights at the same path are not mixed
     into results of the old ones."""
     pytest.importorskip("torch")
     ckpt = tmp_path / "model.pth"
     shutil.copyfile(golden_dir / "edsr_lit_small.pth", ckpt)
-    args = ["--checkpoint", str(ckpt), "--data", str(data_dir / "Set5" / "HR"), "--max-images", "1",
-            "--json", str(tmp_path / "r.json")]
+    args = ["--checkpoint", str(ckpt), "--data", str(small_set5), "--json", str(tmp_path / "r.json")]
     res = CliRunner().invoke(eval_cli, [*args, "--scales", "2"])
     assert res.exit_code == 0, res.output
     shutil.copyfile(golden_dir / "edsr_clit2_small.pth", ckpt)
@@ -153,19 +163,13 @@ def test_eval_quantize_changes_little(data_dir, tmp_path):
     assert a.psnr != b.psnr and abs(a.psnr - b.psnr) < 0.05
 
 
-def test_eval_checkpoint_and_exported_model_agree(golden_dir, data_dir, tmp_path):
+def test_eval_checkpoint_and_exported_model_agree(exported_clit2, small_set5, tmp_path):
     """A golden random-weight model through torch and through its ONNX export: same table."""
-    pytest.importorskip("onnx")
-    from clit.export.cli import main as export_cli
-
-    ckpt = golden_dir / "edsr_clit2_small.pth"
-    model_dir = tmp_path / "model"
-    res = CliRunner().invoke(export_cli, [str(ckpt), "-o", str(model_dir), "--precision", "fp32", "--no-parity"])
-    assert res.exit_code == 0, res.output
+    ckpt, model_dir = exported_clit2
     runs = {}
     for key, flag in (("torch", ["--checkpoint", str(ckpt)]), ("onnx", ["--model", str(model_dir)])):
         out = tmp_path / f"{key}.json"
-        res = CliRunner().invoke(eval_cli, [*flag, "--data", str(data_dir / "Set5" / "HR"), "--scales", "2.5,6",
+        res = CliRunner().invoke(eval_cli, [*flag, "--data", str(small_set5), "--scales", "2.5,6",
                                             "--protocol", "div2k", "--max-images", "1", "--json", str(out)])
         assert res.exit_code == 0, res.output
         runs[key] = json.loads(out.read_text())["results"]
@@ -173,16 +177,18 @@ def test_eval_checkpoint_and_exported_model_agree(golden_dir, data_dir, tmp_path
         assert a["psnr"] == pytest.approx(b["psnr"], abs=1e-3) and a["ssim"] == pytest.approx(b["ssim"], abs=1e-5)
 
 
-def test_eval_bad_inputs(data_dir, golden_dir, tmp_path):
+def test_eval_bad_inputs(small_set5, golden_dir, tmp_path):
     runner = CliRunner()
-    res = runner.invoke(eval_cli, ["--method", "bicubic", "--data", str(tmp_path), "--scales", "2"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = runner.invoke(eval_cli, ["--method", "bicubic", "--data", str(empty), "--scales", "2"])
     assert res.exit_code == 1 and "no images" in res.output
-    res = runner.invoke(eval_cli, ["--method", "bicubic", "--data", str(tmp_path), "--scales", "2,x"])
+    res = runner.invoke(eval_cli, ["--method", "bicubic", "--data", str(empty), "--scales", "2,x"])
     assert res.exit_code == 2 and "comma-separated" in res.output
     # the 1-branch golden model cannot do x6: reported per dataset/scale, exit code 1, other scales still run
     pytest.importorskip("torch")
     res = runner.invoke(eval_cli, ["--checkpoint", str(golden_dir / "edsr_lit_small.pth"), "--data",
-                                   str(data_dir / "Set5" / "HR"), "--scales", "2,6", "--max-images", "1"])
+                                   str(small_set5), "--scales", "2,6"])
     assert res.exit_code == 1 and "x6" in res.output and "largest scale x4" in res.output
     assert "Set5" in res.output.split("dataset")[-1]
 
