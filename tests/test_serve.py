@@ -469,7 +469,10 @@ def test_clit_serve_starts_serves_and_stops_on_ctrl_c(tmp_path, local):
     http, grpc, metrics = free_ports(3)
     proc = subprocess.Popen([sys.executable, "-m", "clit.serve.cli", "--host", "127.0.0.1", "--http-port", str(http),
                              "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--backend", "onnxruntime"],
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            # Ctrl-C as a terminal gives it, even when the suite itself was started with `&` from a
+                            # script, which leaves SIGINT ignored (inherited, and Python keeps an ignored SIGINT)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 240
         up = None
