@@ -1,5 +1,6 @@
 """The bundled default model: what the package carries, the defaults that use it, its graphs
-against its checkpoint, and the README quality table (Set5 x2 / x4 / x24)."""
+against its checkpoint, and the README quality table (Set5 x2 / x4 / x24 re-measured; every
+cell against the recorded evaluations)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,32 @@ def readme_table_psnr(dataset: str, method: str) -> dict[float, float]:
     row = next(line for line in lines if re.match(rf"\|\s*{dataset}\s*\|\s*{method}\s*\|", line))
     cells = [c.strip() for c in row.strip("|").split("|")[2:]]
     return {s: float(c.split("/")[0]) for s, c in zip(scales, cells) if c}
+
+
+def test_readme_bundled_rows_are_the_recorded_evaluations():
+    """README's 'bundled' cells are exactly the clit-eval results recorded in eval/bundled/*.json,
+    and those were made on today's model files (the manifest's sha256, which names every
+    graph's): no cell typed by hand, none left out, none from an older model."""
+    import json
+
+    from clit.runtime.manifest import sha256_file
+
+    digest = sha256_file(BUNDLED_DIR / "manifest.json")
+    recorded = {}
+    for path in sorted((REPO / "eval" / "bundled").glob("*.json")):
+        doc = json.loads(path.read_text())
+        assert doc["model_sha256"] == digest and doc["model"] is None, path.name  # the bundled model
+        assert doc["protocol"] == "benchmark" and not doc["quantize"] and not doc["max_images"], path.name
+        recorded.update({(r["dataset"], r["scale"]): f"{r['psnr']:.2f} / {r['ssim_y']:.4f}" for r in doc["results"]})
+    lines = (REPO / "README.md").read_text().splitlines()
+    head = next(line for line in lines if line.startswith("| dataset | method |"))
+    scales = [float(c.strip().lstrip("x")) for c in head.strip("|").split("|")[2:]]
+    table = {}
+    for line in lines:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("|") and len(cells) == len(scales) + 2 and cells[1] == "bundled":
+            table.update({(cells[0], s): c for s, c in zip(scales, cells[2:]) if c})
+    assert recorded and table == recorded
 
 
 def test_wheel_carries_the_model_graphs_not_the_checkpoint(tmp_path):
