@@ -80,7 +80,7 @@ def check_scales(manifest: Manifest, scales) -> None:
     if reached < n:
         raise ValueError(f"the scales {','.join(f'{s:g}' for s in scales)} run branches 1-{reached} of the model's "
                          f"{n}: add one in (x{STAGE_BASE ** reached:g}, x{STAGE_BASE ** (reached + 1):g}] "
-                         f"(e.g. {2 * STAGE_BASE ** reached:g}) for branch {reached + 1}, or leave --scales out")
+                         f"(e.g. {default_scales(reached + 1)[-1]:g}) for branch {reached + 1}, or leave --scales out")
 
 
 def collect_inputs(manifest: Manifest, folder: Path, scales, max_images: int, hr_crop: int,

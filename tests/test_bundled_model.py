@@ -4,7 +4,6 @@ cell against the recorded evaluations)."""
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 import sys
@@ -21,14 +20,23 @@ pytestmark = pytest.mark.skipif(bundled_model_dir() is None, reason=f"no bundled
 SAMPLE = REPO / "samples" / "sample.png"
 
 
-def readme_table_psnr(dataset: str, method: str) -> dict[float, float]:
-    """PSNR per scale of one row of README's quality table (cells 'PSNR / SSIM')."""
+def readme_table() -> dict[tuple[str, str], dict[float, str]]:
+    """README's quality table: (dataset, method) -> scale -> non-empty cell ('PSNR / SSIM')."""
     lines = (REPO / "README.md").read_text().splitlines()
-    head = next(line for line in lines if line.startswith("| dataset | method |"))
-    scales = [float(c.strip().lstrip("x")) for c in head.strip("|").split("|")[2:]]
-    row = next(line for line in lines if re.match(rf"\|\s*{dataset}\s*\|\s*{method}\s*\|", line))
-    cells = [c.strip() for c in row.strip("|").split("|")[2:]]
-    return {s: float(c.split("/")[0]) for s, c in zip(scales, cells) if c}
+    start = next(i for i, line in enumerate(lines) if line.startswith("| dataset | method |"))
+    scales = [float(c.strip().lstrip("x")) for c in lines[start].strip("|").split("|")[2:]]
+    rows = {}
+    for line in lines[start + 2:]:  # after the head and its |---| line, up to the table's end
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0], cells[1]] = {s: c for s, c in zip(scales, cells[2:]) if c}
+    return rows
+
+
+def readme_table_psnr(dataset: str, method: str) -> dict[float, float]:
+    """PSNR per scale of one row of README's quality table."""
+    return {s: float(c.split("/")[0]) for s, c in readme_table()[dataset, method].items()}
 
 
 def test_readme_bundled_rows_are_the_recorded_evaluations():
@@ -46,14 +54,8 @@ def test_readme_bundled_rows_are_the_recorded_evaluations():
         assert doc["model_sha256"] == digest and doc["model"] is None, path.name  # the bundled model
         assert doc["protocol"] == "benchmark" and not doc["quantize"] and not doc["max_images"], path.name
         recorded.update({(r["dataset"], r["scale"]): f"{r['psnr']:.2f} / {r['ssim_y']:.4f}" for r in doc["results"]})
-    lines = (REPO / "README.md").read_text().splitlines()
-    head = next(line for line in lines if line.startswith("| dataset | method |"))
-    scales = [float(c.strip().lstrip("x")) for c in head.strip("|").split("|")[2:]]
-    table = {}
-    for line in lines:
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        if line.startswith("|") and len(cells) == len(scales) + 2 and cells[1] == "bundled":
-            table.update({(cells[0], s): c for s, c in zip(scales, cells[2:]) if c})
+    table = {(dataset, s): c for (dataset, method), row in readme_table().items() if method == "bundled"
+             for s, c in row.items()}
     assert recorded and table == recorded
 
 

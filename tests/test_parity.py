@@ -122,9 +122,10 @@ def test_int8_calibration_of_three_branches(data_dir, tmp_path, monkeypatch):
     import clit.calibration.int8 as int8
     from clit.calibration.cli import calibrate_main
     from clit.runtime.bundled import bundled_model_dir
+    from clit.runtime.manifest import load_manifest
 
     model = bundled_model_dir()
-    if model is None or load_n_branches(model) != 3:
+    if model is None or load_manifest(model).n_branches != 3:
         pytest.skip("needs the bundled three-branch model")
     train = data_dir / "train" / "HR"
     collected = []
@@ -145,10 +146,6 @@ def test_int8_calibration_of_three_branches(data_dir, tmp_path, monkeypatch):
     for g in manifest["graphs"]:
         q = onnx.load(str(out / g["variants"]["int8"]["file"]), load_external_data=False)
         assert any(n.op_type == "QuantizeLinear" for n in q.graph.node), g["file"]
-
-
-def load_n_branches(model_dir) -> int:
-    return json.loads((model_dir / "manifest.json").read_text())["n_branches"]
 
 
 def test_int8_calibration(exported, data_dir, tmp_path):
