@@ -71,6 +71,8 @@ def default_scales(n_branches: int) -> list[float]:
 def check_scales(manifest: Manifest, scales) -> None:
     """ValueError unless ``scales`` stay within the model and, together, run every branch (a
     branch no scale reaches would get no calibration data)."""
+    if not scales:
+        raise ValueError("no calibration scales given")
     n = manifest.n_branches
     stages = [len(stage_plan(s)) for s in scales]
     beyond = [s for s, k in zip(scales, stages) if k > n]

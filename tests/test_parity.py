@@ -136,6 +136,8 @@ def test_int8_calibration_of_three_branches(data_dir, tmp_path, monkeypatch):
                                                   "--scales", scales])
         assert res.exit_code == 2 and said in res.output, res.output
     assert not collected and not (tmp_path / "no").exists()
+    with pytest.raises(ValueError, match="no calibration scales"):
+        int8.calibrate(model, tmp_path / "no", train, scales=[])
     out = tmp_path / "int8"
     res = CliRunner().invoke(calibrate_main, [str(model), "-o", str(out), "--data", str(train), "--images", "1",
                                               "--hr-crop", "96"])

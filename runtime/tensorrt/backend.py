@@ -334,9 +334,12 @@ class TensorRTRunner:
         ``need`` bytes if this engine needs more than the earlier ones (between runs, which end
         synchronised: the old buffer is freed, the new one attached to every context made so far).
         The headers of 8.5-11.1 place no restriction on calling setDeviceMemory again (nor state
-        that it is allowed); NVIDIA's own re-attaching code is 10.3+ only (demo/Diffusion), but
-        calling it again per batch size is a reported 7.2 usage (NVIDIA/TensorRT#2290, where it
-        leaked a cuDNN descriptor per call), and here it happens at most once per graph."""
+        that it is allowed). NVIDIA's own code does it from the 9.3/10.0 tags on: Polygraphy's
+        TrtRunner re-sets ``device_memory`` on a context that has run, before every inference,
+        after growing its buffer (tools/Polygraphy/.../trt/runner.py; ``set_device_memory`` from
+        10.2), and demo/Diffusion's ``reactivate`` from 10.3; none of it for 8.x. Calling it again
+        per batch size is a reported 7.2 usage (NVIDIA/TensorRT#2290, where it leaked a cuDNN
+        descriptor per call); here it happens at most once per graph."""
         ptr, size = self._scratch
         if need > size:
             if ptr:  # freed first (the stream is idle between runs): never both buffers at once
